@@ -84,7 +84,7 @@ def _apps(kind: str, plural: str, **kw) -> Resource:
 RESOURCES: tuple[Resource, ...] = (
     _core("Namespace", "namespaces", namespaced=False, short_names=("ns",), subresources=("status", "finalize"),
           columns=(_NAME, Column("Status", ".status.phase"), _AGE)),
-    _core("Pod", "pods", short_names=("po",), subresources=("status", "binding", "log", "exec", "eviction"),
+    _core("Pod", "pods", short_names=("po",), subresources=("status", "binding"),
           categories=("all",),
           columns=(_NAME, Column("Ready", "@pod_ready"), Column("Status", "@pod_status"),
                    Column("Restarts", "@pod_restarts"), _AGE,
@@ -97,7 +97,7 @@ RESOURCES: tuple[Resource, ...] = (
                    Column("Selector", "@service_selector", priority=1))),
     _core("Endpoints", "endpoints", short_names=("ep",),
           columns=(_NAME, Column("Endpoints", "@endpoints"), _AGE), has_spec=False),
-    _core("Node", "nodes", namespaced=False, short_names=("no",), subresources=("status", "proxy"),
+    _core("Node", "nodes", namespaced=False, short_names=("no",), subresources=("status",),
           columns=(_NAME, Column("Status", "@node_status"), Column("Roles", "@node_roles"), _AGE,
                    Column("Version", ".status.nodeInfo.kubeletVersion"),
                    Column("Internal-IP", "@node_internal_ip", priority=1),

@@ -1,0 +1,113 @@
+"""Running the API server: open the store, bootstrap, serve, compact, shut down cleanly.
+
+Invariants: the built-in namespaces (default, kube-system, kube-public, kube-node-lease)
+exist whenever the server answers; history older than ``compaction_interval`` (5 minutes,
+as kube-apiserver) is compacted away in the background; ``stop()`` closes the listener,
+every watch and the store, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from podling.api import errors
+from podling.api.resources import RESOURCES, find
+from podling.apiserver.admission import default_chain
+from podling.apiserver.app import ApiServer
+from podling.apiserver.auth import TokenFile
+from podling.apiserver.metrics import ApiserverMetrics, InstrumentedStore
+from podling.apiserver.storage import Storage
+from podling.store.base import Store, open_store
+
+log = logging.getLogger("podling.apiserver")
+
+BUILTIN_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    listen: str = "127.0.0.1:6443"
+    store: str = "sqlite"
+    data_dir: Path | None = None
+    token_file: Path | None = None
+    compaction_interval: float = 300.0
+    count_interval: float = 30.0
+
+
+class RunningApiserver:
+    """An API server serving on ``url`` until ``stop()``."""
+
+    def __init__(self, *, config: Config) -> None:
+        self.config = config
+        self.metrics = ApiserverMetrics()
+        self.url = ""
+        self._store: Store | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        config = self.config
+        raw = await open_store(config.store, data_dir=str(config.data_dir) if config.data_dir else None)
+        self._store = InstrumentedStore(store=raw, metrics=self.metrics)
+        storage = Storage(store=self._store, admission=default_chain(store=self._store))
+        await _bootstrap(storage)
+        tokens = TokenFile.load(config.token_file) if config.token_file else None
+        server = ApiServer(storage=storage, metrics=self.metrics, tokens=tokens)
+        self._runner = web.AppRunner(server.application(), handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        host, _, port = config.listen.rpartition(":")
+        site = web.TCPSite(self._runner, host or "127.0.0.1", int(port), reuse_address=True)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.url = f"http://{host or '127.0.0.1'}:{bound_port}"
+        self._tasks = [
+            asyncio.create_task(self._compact_forever(), name="compaction"),
+            asyncio.create_task(self._count_forever(), name="object-counts"),
+        ]
+        log.info("apiserver serving on %s (store %s)", self.url, config.store)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._store is not None:
+            await self._store.close()
+
+    async def _compact_forever(self) -> None:
+        """Every interval, compact to the revision that was current one interval ago."""
+        assert self._store is not None
+        previous = 0
+        while True:
+            await asyncio.sleep(self.config.compaction_interval)
+            with contextlib.suppress(Exception):
+                if previous:
+                    await self._store.compact(previous)
+                previous = await self._store.current_revision()
+
+    async def _count_forever(self) -> None:
+        assert self._store is not None
+        while True:
+            for resource in RESOURCES:
+                with contextlib.suppress(Exception):
+                    items, _, _ = await self._store.list(resource.key_prefix())
+                    self.metrics.objects.labels(resource.plural).set(len(items))
+            await asyncio.sleep(self.config.count_interval)
+
+
+async def _bootstrap(storage: Storage) -> None:
+    namespaces = find(group="", version="v1", plural="namespaces")
+    assert namespaces is not None
+    for name in BUILTIN_NAMESPACES:
+        try:
+            await storage.create(namespaces, namespace=None, obj={"metadata": {"name": name}})
+        except errors.StatusError as err:
+            if err.code != 409:
+                raise
