@@ -10,7 +10,16 @@ from typing import Any
 import pytest
 
 from podling.api import resources
-from podling.api.openapi import encoded, group_version_path, openapi_v2, openapi_v3, openapi_v3_index
+from podling.api.openapi import (
+    group_version_path,
+    hash_of,
+    openapi_v2,
+    openapi_v2_bytes,
+    openapi_v3,
+    openapi_v3_bytes,
+    openapi_v3_index,
+    openapi_v3_index_bytes,
+)
 
 SERVED_PATHS = sorted({group_version_path(g, v) for g, v in resources.group_versions()})
 
@@ -81,14 +90,14 @@ def test_v3_index_lists_every_served_group_version_with_its_hash() -> None:
     index = openapi_v3_index()
     assert sorted(index["paths"]) == SERVED_PATHS
     for path, entry in index["paths"].items():
-        served = encoded(f"/openapi/v3/{path}")
+        served = openapi_v3_bytes(path)
         assert served is not None
-        assert entry["serverRelativeURL"] == f"/openapi/v3/{path}?hash={served.etag}"
-        assert served.etag == hashlib.sha512(served.data).hexdigest().upper()
-        assert json.loads(served.data) == openapi_v3(path)
-    assert json.loads(encoded("/openapi/v3").data) == index
-    assert json.loads(encoded("/openapi/v2").data) == openapi_v2()
-    assert encoded("/openapi/v3/apis/nothing/v1") is None
+        assert entry["serverRelativeURL"] == f"/openapi/v3/{path}?hash={hash_of(served)}"
+        assert hash_of(served) == hashlib.sha512(served).hexdigest().upper()
+        assert json.loads(served) == openapi_v3(path)
+    assert json.loads(openapi_v3_index_bytes()) == index
+    assert json.loads(openapi_v2_bytes()) == openapi_v2()
+    assert openapi_v3_bytes("apis/nothing/v1") is None
     with pytest.raises(KeyError):
         openapi_v3("apis/nothing/v1")
 

@@ -34,7 +34,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import podling
 from podling.api import resources
@@ -107,11 +107,6 @@ _LOG = ("container", "follow", "limitBytes", "previous", "sinceSeconds",
 _EXEC = ("command", "container", "stderr", "stdin", "stdout", "tty")
 
 
-class Encoded(NamedTuple):
-    data: bytes  # the JSON served
-    etag: str  # upper-case hex SHA-512 of data
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Operation:
     """One HTTP operation, independent of the OpenAPI version that will spell it."""
@@ -132,9 +127,19 @@ def openapi_v2() -> dict[str, Any]:
     return _v2()[0]
 
 
+def openapi_v2_bytes() -> bytes:
+    """``openapi_v2()`` as the JSON served at ``/openapi/v2``."""
+    return _v2()[1]
+
+
 def openapi_v3_index() -> dict[str, Any]:
     """The ``/openapi/v3`` discovery document (shared: do not mutate)."""
     return _v3()[0]
+
+
+def openapi_v3_index_bytes() -> bytes:
+    """``openapi_v3_index()`` as the JSON served at ``/openapi/v3``."""
+    return _v3()[2]
 
 
 def openapi_v3(group_version_path: str) -> dict[str, Any]:
@@ -142,16 +147,10 @@ def openapi_v3(group_version_path: str) -> dict[str, Any]:
     return _v3()[1][group_version_path.strip("/")][0]
 
 
-def encoded(url_path: str) -> Encoded | None:
-    """The bytes to serve at ``/openapi/v2``, ``/openapi/v3`` or ``/openapi/v3/<gv path>``; None: 404."""
-    path = url_path.rstrip("/")
-    if path == "/openapi/v2":
-        return _v2()[1]
-    if path == "/openapi/v3":
-        return _v3()[2]
-    if path.startswith("/openapi/v3/") and (doc := _v3()[1].get(path.removeprefix("/openapi/v3/"))):
-        return doc[1]
-    return None
+def openapi_v3_bytes(group_version_path: str) -> bytes | None:
+    """The JSON served at ``/openapi/v3/<group_version_path>``; None if that group-version is not served."""
+    served = _v3()[1].get(group_version_path.strip("/"))
+    return served[1] if served else None
 
 
 def group_version_path(group: str, version: str) -> str:
@@ -159,7 +158,7 @@ def group_version_path(group: str, version: str) -> str:
 
 
 @functools.cache
-def _v2() -> tuple[dict[str, Any], Encoded]:
+def _v2() -> tuple[dict[str, Any], bytes]:
     doc = {
         "swagger": "2.0",
         "info": {"title": "podling", "version": podling.__version__},
@@ -170,7 +169,7 @@ def _v2() -> tuple[dict[str, Any], Encoded]:
 
 
 @functools.cache
-def _v3() -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], Encoded]], Encoded]:
+def _v3() -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], bytes]], bytes]:
     docs = {}
     for group, version in resources.group_versions():
         paths = _paths(resources.in_group_version(group, version), v3=True)
@@ -181,14 +180,18 @@ def _v3() -> tuple[dict[str, Any], dict[str, tuple[dict[str, Any], Encoded]], En
             "components": {"schemas": {name: _schema(name, v3=True) for name in _closure(paths)}},
         }
         docs[group_version_path(group, version)] = (doc, _encode(doc))
-    index = {"paths": {path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={served.etag}"}
-                       for path, (_, served) in docs.items()}}
+    index = {"paths": {path: {"serverRelativeURL": f"/openapi/v3/{path}?hash={hash_of(data)}"}
+                       for path, (_, data) in docs.items()}}
     return index, docs, _encode(index)
 
 
-def _encode(doc: dict[str, Any]) -> Encoded:
-    data = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
-    return Encoded(data=data, etag=hashlib.sha512(data).hexdigest().upper())
+def hash_of(data: bytes) -> str:
+    """The ``hash`` of a document's URL, as kube-apiserver computes it: upper-case hex SHA-512."""
+    return hashlib.sha512(data).hexdigest().upper()
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 # Schemas
