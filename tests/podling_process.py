@@ -9,9 +9,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ class PodlingProcess:
         self.command = command
         self.kubeconfig = data_dir / "kubeconfig"
         self.log = data_dir / f"{command}.log"
+        self.ca_file = data_dir / "pki" / "ca.crt"
         self.url = ""
         self.token = ""
         self._proc: subprocess.Popen[bytes] | None = None
@@ -62,6 +65,9 @@ class PodlingProcess:
             self._proc.kill()
             raise
 
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -85,7 +91,7 @@ class PodlingProcess:
         if data is not None:
             request.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(request, timeout=30, context=self.ssl_context()) as response:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as err:
             status, raw = err.code, err.read()

@@ -307,8 +307,10 @@ spec:
     node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": f"node-{ns}"}}
     podling.kubectl("create", "-f", "-", input=json.dumps(node))
     assert f"node-{ns}" in podling.kubectl("describe", "node", f"node-{ns}").stdout
+    pod_uid = podling.kubectl_json("get", "pod", "solo", "-n", ns)["metadata"]["uid"]
     status, _ = podling.request("POST", f"/api/v1/namespaces/{ns}/events", {
-        "metadata": {"name": "e1"}, "involvedObject": {"kind": "Pod", "name": "solo", "namespace": ns},
+        "metadata": {"name": "e1"},
+        "involvedObject": {"kind": "Pod", "name": "solo", "namespace": ns, "uid": pod_uid},
         "reason": "Testing", "message": "hello from the test", "type": "Normal",
     })
     assert status == 201

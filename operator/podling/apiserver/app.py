@@ -351,6 +351,8 @@ async def _body(request: web.Request) -> Any:
     if not raw:
         raise errors.bad_request("the request body is empty")
     content_type = request.headers.get("Content-Type", "")
+    if "protobuf" in content_type or "cbor" in content_type:
+        raise errors.unsupported_media_type(content_type)
     if "yaml" in content_type:
         try:
             return YAML(typ="safe").load(raw)

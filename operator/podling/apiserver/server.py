@@ -18,6 +18,7 @@ from aiohttp import web
 
 from podling.api import errors
 from podling.api.resources import RESOURCES, find
+from podling.apiserver import pki
 from podling.apiserver.admission import default_chain
 from podling.apiserver.app import ApiServer
 from podling.apiserver.auth import TokenFile
@@ -36,6 +37,8 @@ class Config:
     store: str = "sqlite"
     data_dir: Path | None = None
     token_file: Path | None = None
+    tls_cert: Path | None = None  # None: plain HTTP (kubectl will not send tokens over it)
+    tls_key: Path | None = None
     compaction_interval: float = 300.0
     count_interval: float = 30.0
 
@@ -62,10 +65,15 @@ class RunningApiserver:
         self._runner = web.AppRunner(server.application(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
         host, _, port = config.listen.rpartition(":")
-        site = web.TCPSite(self._runner, host or "127.0.0.1", int(port), reuse_address=True)
+        ssl_context = None
+        if config.tls_cert and config.tls_key:
+            ssl_context = pki.server_context(cert=config.tls_cert, key=config.tls_key)
+        site = web.TCPSite(self._runner, host or "127.0.0.1", int(port), reuse_address=True,
+                           ssl_context=ssl_context)
         await site.start()
         bound_port = self._runner.addresses[0][1]
-        self.url = f"http://{host or '127.0.0.1'}:{bound_port}"
+        scheme = "https" if ssl_context else "http"
+        self.url = f"{scheme}://{host or '127.0.0.1'}:{bound_port}"
         self._tasks = [
             asyncio.create_task(self._compact_forever(), name="compaction"),
             asyncio.create_task(self._count_forever(), name="object-counts"),

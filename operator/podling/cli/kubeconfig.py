@@ -6,6 +6,7 @@ earlier keeps working; the kubeconfig is rewritten on every start with the serve
 
 from __future__ import annotations
 
+import base64
 import csv
 from pathlib import Path
 
@@ -30,11 +31,12 @@ def ensure_admin_token(path: Path) -> str | None:
     return None
 
 
-def write(path: Path, *, server: str, token: str) -> Path:
+def write(path: Path, *, server: str, token: str, ca: Path) -> Path:
+    cluster = {"server": server, "certificate-authority-data": base64.b64encode(ca.read_bytes()).decode()}
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "podling", "cluster": {"server": server}}],
+        "clusters": [{"name": "podling", "cluster": cluster}],
         "users": [{"name": ADMIN, "user": {"token": token}}],
         "contexts": [{"name": "podling", "context": {"cluster": "podling", "user": ADMIN, "namespace": "default"}}],
         "current-context": "podling",

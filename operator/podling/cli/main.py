@@ -51,17 +51,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from podling.apiserver import pki
     from podling.apiserver.server import Config, RunningApiserver
 
     data_dir: Path = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     token_file = getattr(args, "token_auth_file", None) or data_dir / "tokens.csv"
     token = kubeconfig.ensure_admin_token(token_file)
+    cert, key = pki.ensure_serving_cert(data_dir / "pki", host=args.listen.rpartition(":")[0])
     server = RunningApiserver(config=Config(listen=args.listen, store=args.store, data_dir=data_dir,
-                                            token_file=token_file))
+                                            token_file=token_file, tls_cert=cert, tls_key=key))
     await server.start()
     if token is not None:
-        path = kubeconfig.write(data_dir / "kubeconfig", server=server.url, token=token)
+        path = kubeconfig.write(data_dir / "kubeconfig", server=server.url, token=token,
+                                ca=data_dir / "pki" / "ca.crt")
         logging.getLogger("podling").info("kubeconfig: %s (kubectl --kubeconfig %s get pods)", path, path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
