@@ -24,8 +24,10 @@ KUBECTL = os.environ.get("KUBECTL", "/usr/bin/kubectl")
 
 
 class PodlingProcess:
-    def __init__(self, *, data_dir: Path, store: str = "sqlite", command: str = "apiserver") -> None:
+    def __init__(self, *, data_dir: Path, store: str = "sqlite", command: str = "apiserver",
+                 args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
+        self.args = args
         self.store = store
         self.command = command
         self.kubeconfig = data_dir / "kubeconfig"
@@ -41,7 +43,7 @@ class PodlingProcess:
         log = self.log.open("ab")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "podling.cli.main", self.command, "--data-dir", str(self.data_dir),
-             "--listen", "127.0.0.1:0", "--store", self.store],
+             "--listen", "127.0.0.1:0", "--store", self.store, *self.args],
             stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

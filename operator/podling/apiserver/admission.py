@@ -86,25 +86,19 @@ class SchemaValidation:
                 raise errors.bad_request(f"strict decoding error: {fields}")
             if attrs.field_validation == "Warn":
                 attrs.warnings.extend(f'unknown field "{f.lstrip(".")}"' for f in result.unknown_fields)
-            _prune(attrs.obj, result.unknown_fields)
+            _prune(attrs.obj, result.unknown_paths)
         if result.errors:
             causes = [{"reason": e.reason, "message": e.message, "field": e.field} for e in result.errors]
             raise errors.invalid(attrs.resource, attrs.name, causes)
 
 
-def _prune(obj: Obj, paths: list[str]) -> None:
-    """Remove each unknown field, given as ``.spec.foo`` or ``.spec.containers[0].bar``."""
+def _prune(obj: Obj, paths: list[schema.JsonPath]) -> None:
+    """Remove each unknown field, given as its JSON path from the object's root."""
     for path in paths:
-        parts = re.findall(r"\.([^.\[\]]+)|\[(\d+)\]", path)
         node: Any = obj
-        for key, index in parts[:-1]:
-            node = node[int(index)] if index else node.get(key) if isinstance(node, dict) else None
-            if node is None:
-                break
-        else:
-            key, _ = parts[-1]
-            if isinstance(node, dict):
-                node.pop(key, None)
+        for step in path[:-1]:
+            node = node[step]
+        node.pop(path[-1], None)
 
 
 class MetadataValidation:

@@ -30,6 +30,16 @@ def _store(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected sqlite, sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT], got {value!r}")
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podling", description="A Kubernetes-compatible orchestrator driven by git.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -42,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--listen", type=_listen, default="127.0.0.1:6443", help="HOST:PORT (default %(default)s)")
         p.add_argument("--store", type=_store, default="sqlite",
                        help="sqlite (DATA_DIR/podling.db), sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT]")
+        p.add_argument("--compaction-interval", type=_seconds, default=300.0, metavar="SECONDS",
+                       help="compact store history older than this (default %(default)s)")
     apiserver.add_argument("--token-auth-file", type=Path,
                            help="token,user,uid[,groups] CSV (default: DATA_DIR/tokens.csv, created if missing)")
 
@@ -60,7 +72,8 @@ async def _serve(args: argparse.Namespace) -> int:
     token = kubeconfig.ensure_admin_token(token_file)
     cert, key = pki.ensure_serving_cert(data_dir / "pki", host=args.listen.rpartition(":")[0])
     server = RunningApiserver(config=Config(listen=args.listen, store=args.store, data_dir=data_dir,
-                                            token_file=token_file, tls_cert=cert, tls_key=key))
+                                            token_file=token_file, tls_cert=cert, tls_key=key,
+                                            compaction_interval=args.compaction_interval))
     await server.start()
     if token is not None:
         path = kubeconfig.write(data_dir / "kubeconfig", server=server.url, token=token,
