@@ -96,7 +96,8 @@ class Store(abc.ABC):
 
         Returns ``(items, revision_served, more)``: ``more`` is True when ``limit`` cut the
         list. ``start_after`` skips every key <= it (for paging). A revision older than the
-        compacted one raises :class:`Compacted`.
+        compacted one raises :class:`Compacted`; one newer than the current one raises
+        :class:`StoreError`.
         """
 
     @abc.abstractmethod
@@ -124,12 +125,18 @@ class Store(abc.ABC):
         """Every change under ``prefix`` with revision > ``revision``, in order, forever.
 
         Raises :class:`Compacted` (on first iteration) when ``revision`` is older than the
-        compacted revision. Closing the iterator (``aclose``) ends the watch.
+        compacted revision, or later if compaction overtakes a watcher still catching up.
+        A ``revision`` in the future is fine: the watch starts there. Closing the iterator
+        (``aclose``) ends the watch; so does closing the store (the iterator just stops).
         """
 
     @abc.abstractmethod
     async def compact(self, revision: int) -> None:
-        """Forget history at and before ``revision`` (current values are kept)."""
+        """Forget the history before ``revision``: the state at ``revision`` and every later
+        change are kept, so list/watch at ``revision`` still work and older ones raise
+        :class:`Compacted`. Compacting at or below the compacted revision does nothing; a
+        revision newer than the current one raises :class:`StoreError`.
+        """
 
     @abc.abstractmethod
     async def current_revision(self) -> int:
@@ -142,6 +149,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Release connections and end every open watch."""
+
+
+def prefix_end(prefix: str) -> bytes:
+    """The exclusive end of the key range under ``prefix`` (etcd's ``range_end``), as bytes.
+
+    Every key that starts with ``prefix`` sorts below it, every other key >= ``prefix`` at
+    or above it (keys compare as their UTF-8 bytes). It need not be valid UTF-8: UTF-8 never
+    contains the byte 0xFF, so incrementing the last byte cannot overflow, and b"\\xff"
+    bounds every key when the prefix is empty.
+    """
+    raw = prefix.encode()
+    return raw[:-1] + bytes([raw[-1] + 1]) if raw else b"\xff"
 
 
 async def open_store(url: str, *, data_dir: str | None = None) -> Store:
