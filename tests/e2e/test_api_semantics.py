@@ -229,3 +229,24 @@ def test_compacted_watch_is_gone(store_url: str, tmp_path: Path) -> None:
         assert events[0]["object"]["code"] == 410 and events[0]["object"]["reason"] == "Expired"
     finally:
         server.stop()
+
+
+def test_terminating_namespace_refuses_new_objects(podling: PodlingProcess, ns: str) -> None:
+    status, marked = podling.request("DELETE", f"/api/v1/namespaces/{ns}")
+    assert status == 200 and marked["status"]["phase"] == "Terminating"
+    status, err = podling.request("POST", f"/api/v1/namespaces/{ns}/configmaps", _configmap("late"))
+    assert status == 403 and "because it is being terminated" in err["message"]
+    status, err = podling.request("DELETE", "/api/v1/namespaces/default")
+    assert status == 403
+
+
+def test_deletecollection_by_label(podling: PodlingProcess, ns: str) -> None:
+    base = f"/api/v1/namespaces/{ns}/configmaps"
+    for name, team in (("a", "red"), ("b", "red"), ("c", "blue")):
+        cm = _configmap(name)
+        cm["metadata"]["labels"] = {"team": team}
+        podling.request("POST", base, cm)
+    status, deleted = podling.request("DELETE", f"{base}?labelSelector=team%3Dred")
+    assert status == 200 and sorted(i["metadata"]["name"] for i in deleted["items"]) == ["a", "b"]
+    _, left = podling.request("GET", base)
+    assert [i["metadata"]["name"] for i in left["items"]] == ["c"]
