@@ -9,6 +9,7 @@ accounts) add entries to the chain without touching the storage code.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import re
@@ -17,7 +18,7 @@ from typing import Any, Literal, Protocol
 from podling.api import errors, schema
 from podling.api.defaults import apply_defaults
 from podling.api.resources import Resource, find
-from podling.store.base import Store
+from podling.store.base import Compacted, Store
 
 Obj = dict[str, Any]
 FieldValidation = Literal["Strict", "Warn", "Ignore"]
@@ -148,21 +149,62 @@ def _label_key_ok(key: str) -> bool:
 
 
 class NamespaceLifecycle:
-    """Objects are created only in namespaces that exist and are not terminating."""
+    """Objects are created only in namespaces that exist and are not terminating.
+
+    Namespaces are read from an in-process cache fed by a store watch (every create asks,
+    so a store read each time would be the costliest step of a create); a namespace the
+    cache has not seen yet is read from the store before the answer is no.
+    """
 
     def __init__(self, *, store: Store) -> None:
         self._store = store
+        self._terminating: dict[str, bool] = {}  # name -> has a deletionTimestamp
+        self._watching: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        kvs, revision, _ = await self._store.list(NAMESPACES.key_prefix())
+        for kv in kvs:
+            self._remember(kv.key, kv.value)
+        self._watching = asyncio.create_task(self._follow(revision), name="namespace-cache")
+
+    async def stop(self) -> None:
+        if self._watching is not None:
+            self._watching.cancel()
+            await asyncio.gather(self._watching, return_exceptions=True)
+
+    async def _follow(self, revision: int) -> None:
+        while True:
+            try:
+                async for event in self._store.watch(NAMESPACES.key_prefix(), revision=revision):
+                    revision = event.revision
+                    if event.value is None:
+                        self._terminating.pop(event.key, None)
+                    else:
+                        self._remember(event.key, event.value)
+                return
+            except Compacted:  # fell behind compaction: start over from a fresh list
+                self._terminating.clear()
+                kvs, revision, _ = await self._store.list(NAMESPACES.key_prefix())
+                for kv in kvs:
+                    self._remember(kv.key, kv.value)
+
+    def _remember(self, key: str, value: bytes) -> None:
+        self._terminating[key] = b'"deletionTimestamp"' in value
 
     async def admit(self, attrs: Attributes) -> None:
         if attrs.operation != "CREATE" or not attrs.resource.namespaced:
             return
-        kv = await self._store.get(NAMESPACES.key(None, attrs.namespace or ""))
-        if kv is None:
+        key = NAMESPACES.key(None, attrs.namespace or "")
+        terminating = self._terminating.get(key)
+        if terminating is None:
+            kv = await self._store.get(key)
+            terminating = None if kv is None else b'"deletionTimestamp"' in kv.value
+        if terminating is None:
             raise errors.StatusError(
                 code=404, reason="NotFound", message=f'namespaces "{attrs.namespace}" not found',
                 details={"name": attrs.namespace, "kind": "namespaces"},
             )
-        if b'"deletionTimestamp"' in kv.value:
+        if terminating:
             raise errors.forbidden(
                 attrs.resource, attrs.name,
                 f"unable to create new content in namespace {attrs.namespace} because it is being terminated",
@@ -172,6 +214,16 @@ class NamespaceLifecycle:
 class Chain:
     def __init__(self, *, plugins: list[Plugin]) -> None:
         self.plugins = plugins
+
+    async def start(self) -> None:
+        for plugin in self.plugins:
+            if isinstance(plugin, NamespaceLifecycle):
+                await plugin.start()
+
+    async def stop(self) -> None:
+        for plugin in self.plugins:
+            if isinstance(plugin, NamespaceLifecycle):
+                await plugin.stop()
 
     async def admit(self, attrs: Attributes) -> None:
         for plugin in self.plugins:

@@ -19,7 +19,7 @@ from aiohttp import web
 from podling.api import errors
 from podling.api.resources import RESOURCES, find
 from podling.apiserver import pki
-from podling.apiserver.admission import default_chain
+from podling.apiserver.admission import Chain, default_chain
 from podling.apiserver.app import ApiServer
 from podling.apiserver.auth import TokenFile
 from podling.apiserver.metrics import ApiserverMetrics, InstrumentedStore
@@ -51,6 +51,7 @@ class RunningApiserver:
         self.metrics = ApiserverMetrics()
         self.url = ""
         self._store: Store | None = None
+        self._admission: Chain | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -58,7 +59,9 @@ class RunningApiserver:
         config = self.config
         raw = await open_store(config.store, data_dir=str(config.data_dir) if config.data_dir else None)
         self._store = InstrumentedStore(store=raw, metrics=self.metrics)
-        storage = Storage(store=self._store, admission=default_chain(store=self._store))
+        self._admission = default_chain(store=self._store)
+        await self._admission.start()
+        storage = Storage(store=self._store, admission=self._admission)
         await _bootstrap(storage)
         tokens = TokenFile.load(config.token_file) if config.token_file else None
         server = ApiServer(storage=storage, metrics=self.metrics, tokens=tokens)
@@ -86,6 +89,8 @@ class RunningApiserver:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._admission is not None:
+            await self._admission.stop()
         if self._store is not None:
             await self._store.close()
 
