@@ -1,7 +1,8 @@
 """API server benchmark: throughput and latency of a real ``podling apiserver`` process.
 
 Measures, on each store (SQLite, and a real etcd it starts):
-  * create-pod throughput with 8 concurrent clients;
+  * create-pod throughput with 8 concurrent clients, driven by wrk (a C load generator, so
+    the client does not take the server's CPU) and by a Python aiohttp client;
   * get latency p50/p99 (one client, sequential);
   * a list of 5,000 pods (wall time, 5 runs);
   * single-write latency p99 at a paced 200 writes/s;
@@ -20,7 +21,10 @@ import argparse
 import asyncio
 import base64
 import json
+import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -68,6 +72,19 @@ async def create_throughput(session: aiohttp.ClientSession, url: str, total: int
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(CLIENTS)))
     return total / (time.perf_counter() - start)
+
+
+def wrk_creates(server: PodlingProcess, *, seconds: int) -> dict[str, float]:
+    """8 connections creating pods for ``seconds`` (bounded by wrk's duration)."""
+    result = subprocess.run(
+        ["wrk", "-t2", "-c8", f"-d{seconds}s", "-s", str(Path(__file__).with_name("create_pods.lua")), server.url],
+        env={**os.environ, "TOKEN": server.token, "NAMESPACE": "wrk"}, capture_output=True, text=True,
+        timeout=seconds + 60, check=True,
+    )
+    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
+    figures = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", line)}
+    assert figures["errors"] == 0 and figures["non2xx"] == 0, result.stdout
+    return figures
 
 
 async def get_latency(session: aiohttp.ClientSession, url: str, count: int) -> list[float]:
@@ -172,10 +189,14 @@ async def run(server: PodlingProcess, *, creates: int, etcd_endpoint: str | None
     headers = {"Authorization": f"Bearer {server.token}"}
     connector = aiohttp.TCPConnector(limit=0, ssl=server.ssl_context())
     async with aiohttp.ClientSession(headers=headers, connector=connector) as session:
-        async with session.post(f"{server.url}/api/v1/namespaces", json={"metadata": {"name": NS}}) as r:
-            assert r.status == 201
+        for name in (NS, "wrk"):
+            async with session.post(f"{server.url}/api/v1/namespaces", json={"metadata": {"name": name}}) as r:
+                assert r.status == 201
+        wrk = wrk_creates(server, seconds=10)
+        print(f"  create pods, {CLIENTS} connections (wrk): {wrk['requests'] / wrk['seconds']:,.0f} creates/s"
+              f" (p50 {wrk['p50_ms']:.2f} ms, p99 {wrk['p99_ms']:.2f} ms, {wrk['requests']:.0f} pods)")
         rate = await create_throughput(session, server.url, creates)
-        print(f"  create pods, {CLIENTS} clients: {rate:,.0f} creates/s ({creates} pods)")
+        print(f"  create pods, {CLIENTS} clients (Python aiohttp): {rate:,.0f} creates/s ({creates} pods)")
         gets = await get_latency(session, server.url, min(2000, creates))
         print(f"  get pod: p50 {ms(pct(gets, .5))}, p99 {ms(pct(gets, .99))}")
         if creates >= 5000:
