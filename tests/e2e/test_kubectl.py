@@ -330,3 +330,25 @@ def test_unauthenticated_is_401(podling: PodlingProcess) -> None:
     assert status == 401 and body["reason"] == "Unauthorized"
     status, body = podling.request("GET", "/api/v1/namespaces/default")
     assert status == 200 and body["metadata"]["name"] == "default"
+
+
+def test_typed_create_commands_send_protobuf(podling: PodlingProcess, ns: str) -> None:
+    """kubectl's `create X` commands send Kubernetes protobuf bodies; podling reads them."""
+    podling.kubectl("create", "namespace", ns)
+    podling.kubectl("create", "configmap", "cfg", "-n", ns, "--from-literal=a=1", "--from-literal=b=two")
+    podling.kubectl("create", "secret", "generic", "pw", "-n", ns, "--from-literal=password=s3cret")
+    podling.kubectl("create", "service", "clusterip", "svc", "-n", ns, "--tcp=80:8080")
+    podling.kubectl("create", "serviceaccount", "robot", "-n", ns)
+    podling.kubectl("create", "quota", "q", "-n", ns, "--hard=pods=2,cpu=1")
+    podling.kubectl("create", "deployment", "web", "-n", ns, "--image=web:1.0", "--replicas=3", "--port=8080")
+    assert podling.kubectl_json("get", "configmap", "cfg", "-n", ns)["data"] == {"a": "1", "b": "two"}
+    assert podling.kubectl_json("get", "secret", "pw", "-n", ns)["data"] == {"password": "czNjcmV0"}
+    service = podling.kubectl_json("get", "service", "svc", "-n", ns)
+    assert service["spec"]["ports"][0]["port"] == 80 and service["spec"]["ports"][0]["targetPort"] == 8080
+    assert service["spec"]["selector"] == {"app": "svc"}
+    assert podling.kubectl_json("get", "resourcequota", "q", "-n", ns)["spec"]["hard"] == {"pods": "2", "cpu": "1"}
+    deployment = podling.kubectl_json("get", "deployment", "web", "-n", ns)
+    assert deployment["spec"]["replicas"] == 3
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "web:1.0" and container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    assert "robot" in podling.kubectl("get", "serviceaccounts", "-n", ns, "-o", "name").stdout

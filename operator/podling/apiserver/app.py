@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ruamel.yaml import YAML, YAMLError
 
-from podling.api import errors, openapi, tables
+from podling.api import errors, openapi, protobuf, tables
 from podling.api.resources import Resource
 from podling.apiserver import codec, discovery, routing
 from podling.apiserver.auth import AllowAuthenticated, Authorizer, RequestAttributes, TokenFile, User
@@ -350,18 +350,27 @@ async def _body(request: web.Request) -> Any:
         raise errors.too_large(f"the request body is larger than {MAX_BODY} bytes") from None
     if not raw:
         raise errors.bad_request("the request body is empty")
-    content_type = request.headers.get("Content-Type", "")
+    return _decode(raw, request.headers.get("Content-Type", ""), what="the request body")
+
+
+def _decode(raw: bytes, content_type: str, *, what: str) -> Any:
+    """A request body as JSON-shaped data: JSON, YAML, or Kubernetes protobuf (kubectl's typed clients)."""
+    if content_type.startswith(protobuf.CONTENT_TYPE):
+        try:
+            return protobuf.decode(raw)
+        except protobuf.ProtobufError as err:
+            raise errors.bad_request(f"{what} is not valid Kubernetes protobuf: {err}") from None
     if "protobuf" in content_type or "cbor" in content_type:
         raise errors.unsupported_media_type(content_type)
     if "yaml" in content_type:
         try:
             return YAML(typ="safe").load(raw)
         except YAMLError as err:
-            raise errors.bad_request(f"the request body is not valid YAML: {err}") from None
+            raise errors.bad_request(f"{what} is not valid YAML: {err}") from None
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as err:
-        raise errors.bad_request(f"the request body is not valid JSON: {err}") from None
+        raise errors.bad_request(f"{what} is not valid JSON: {err}") from None
 
 
 async def _delete_options(request: web.Request) -> Obj:
@@ -369,10 +378,7 @@ async def _delete_options(request: web.Request) -> Obj:
     if request.can_read_body:
         raw = await request.read()
         if raw:
-            try:
-                options = json.loads(raw)
-            except ValueError as err:
-                raise errors.bad_request(f"the DeleteOptions body is not valid JSON: {err}") from None
+            options = _decode(raw, request.headers.get("Content-Type", ""), what="the DeleteOptions body")
             if not isinstance(options, dict):
                 raise errors.bad_request("the DeleteOptions body must be a JSON object")
     query = request.query
