@@ -213,6 +213,8 @@ def test_metrics_count_requests(podling: PodlingProcess, ns: str) -> None:
     assert 'podling_apiserver_requests_total{code="200",resource="configmaps",verb="list"}' in text
     assert "podling_apiserver_request_duration_seconds_bucket" in text
     assert 'podling_apiserver_store_operation_duration_seconds_count{operation="list"}' in text
+    assert 'podling_apiserver_objects{resource="namespaces"}' in text
+    assert 'podling_apiserver_open_watches' in text
 
 
 def test_compacted_watch_is_gone(store_url: str, tmp_path: Path) -> None:
