@@ -101,3 +101,67 @@ class PodlingProcess:
             return status, json.loads(raw)
         except ValueError:
             return status, raw.decode()
+
+
+class KubeletProcess:
+    """A real ``podling kubelet`` process for one node, against a running API server.
+
+    Its containers carry the label ``io.podling.node=NODE`` on the one Docker engine;
+    ``remove_containers()`` removes them all (tests call it when they are done with a node).
+    """
+
+    def __init__(self, *, server: PodlingProcess, node_name: str, root_dir: Path,
+                 args: tuple[str, ...] = ()) -> None:
+        self.server = server
+        self.node_name = node_name
+        self.root_dir = root_dir
+        self.args = args
+        self.log = root_dir / "kubelet.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 30.0) -> KubeletProcess:
+        self.root_dir.mkdir(parents=True, exist_ok=True)
+        token_file = self.root_dir / "token"
+        token_file.write_text(self.server.token)
+        log = self.log.open("ab")
+        offset = log.tell()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "podling.cli.main", "kubelet", "--server", self.server.url,
+             "--token-file", str(token_file), "--ca-file", str(self.server.ca_file),
+             "--node-name", self.node_name, "--root-dir", str(self.root_dir), "--kubelet-port", "0", *self.args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"podling kubelet exited {self._proc.returncode}:\n{self.log.read_text()}")
+            if f"kubelet {self.node_name} ready at".encode() in self.log.read_bytes()[offset:]:
+                return self
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"podling kubelet did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+
+    def stop(self, *, timeout: float = 20.0) -> int:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            raise
+
+    def kill(self) -> None:
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+
+    def containers(self, *, all: bool = True) -> list[str]:
+        """Docker ids of this node's containers (sandboxes included)."""
+        result = subprocess.run(["docker", "ps", "-q", *(["-a"] if all else []), "--no-trunc",
+                                 "--filter", f"label=io.podling.node={self.node_name}"],
+                                capture_output=True, text=True, check=True)
+        return result.stdout.split()
+
+    def remove_containers(self) -> None:
+        if ids := self.containers():
+            subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 
 from podling.cli import kubeconfig
+from podling.client.config import ClientConfig, ConfigError, from_flags, load_kubeconfig
 
 
 def _listen(value: str) -> str:
@@ -40,6 +43,23 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _kubelet_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
+    p.add_argument("--node-name", default=socket.gethostname(), help="the Node's name (default: the hostname)")
+    p.add_argument("--manifest-dir", type=Path, help="a directory of static pod manifests, run without the API")
+    p.add_argument("--root-dir", type=Path, help="where pod volumes live (default: DATA_DIR/kubelet)" if not alone
+                   else "where pod volumes and the kubelet's certificate live (default /var/lib/podling/kubelet)")
+    p.add_argument("--address", default="", help="the node's InternalIP (default: the address facing the API server)")
+    p.add_argument("--kubelet-port", type=int, default=0 if not alone else 10250, metavar="PORT",
+                   help="the kubelet's HTTPS port for logs and exec (default %(default)s; 0: any free port)")
+    p.add_argument("--max-pods", type=int, default=110, help="pods this node takes (default %(default)s)")
+    p.add_argument("--runtime", choices=["docker", "hollow"], default="docker",
+                   help="docker (default), or hollow: a simulation without containers, for control-plane scale tests")
+    p.add_argument("--hollow-start-delay", type=_seconds, default=0.5, metavar="SECONDS",
+                   help="with --runtime hollow: how long a simulated container takes to start")
+    p.add_argument("--pod-network", default="podling", help="the Docker bridge network pods join (default %(default)s)")
+    p.add_argument("--pod-subnet", default="10.88.0.0/16", help="its subnet, created if missing (default %(default)s)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podling", description="A Kubernetes-compatible orchestrator driven by git.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -56,13 +76,21 @@ def _parser() -> argparse.ArgumentParser:
                        help="compact store history older than this (default %(default)s)")
     apiserver.add_argument("--token-auth-file", type=Path,
                            help="token,user,uid[,groups] CSV (default: DATA_DIR/tokens.csv, created if missing)")
+    _kubelet_flags(up, alone=False)
+
+    kubelet = sub.add_parser("kubelet", help="run a node's kubelet against an API server")
+    kubelet.add_argument("--server", help="the API server's URL, such as https://127.0.0.1:6443")
+    kubelet.add_argument("--token-file", type=Path, help="a file holding the bearer token to use")
+    kubelet.add_argument("--ca-file", type=Path, help="the CA certificate that signed the API server's")
+    kubelet.add_argument("--kubeconfig", type=Path, help="a kubeconfig instead of --server/--token-file/--ca-file")
+    _kubelet_flags(kubelet, alone=True)
 
     validate = sub.add_parser("validate", help="validate manifest files offline against schemas/")
     validate.add_argument("paths", nargs="+", help="files or directories (read recursively)")
     return parser
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _start_apiserver(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> ClientConfig:
     from podling.apiserver import pki
     from podling.apiserver.server import Config, RunningApiserver
 
@@ -75,27 +103,77 @@ async def _serve(args: argparse.Namespace) -> int:
                                             token_file=token_file, tls_cert=cert, tls_key=key,
                                             compaction_interval=args.compaction_interval))
     await server.start()
+    stack.push_async_callback(server.stop)
     if token is not None:
         path = kubeconfig.write(data_dir / "kubeconfig", server=server.url, token=token,
                                 ca=data_dir / "pki" / "ca.crt")
         logging.getLogger("podling").info("kubeconfig: %s (kubectl --kubeconfig %s get pods)", path, path)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    logging.getLogger("podling").info("shutting down")
-    await server.stop()
+    return ClientConfig(server=server.url, token=token or "", ca_file=data_dir / "pki" / "ca.crt")
+
+
+async def _start_kubelet(args: argparse.Namespace, client: ClientConfig, root_dir: Path,
+                         stack: contextlib.AsyncExitStack) -> None:
+    from podling.client.http import ApiClient
+    from podling.kubelet.kubelet import Kubelet, KubeletConfig
+    from podling.kubelet.runtime.base import Runtime
+
+    runtime: Runtime
+    if args.runtime == "hollow":
+        from podling.kubelet.runtime.hollow import HollowRuntime
+
+        runtime = HollowRuntime(node_name=args.node_name, start_delay=args.hollow_start_delay)
+    else:
+        from podling.kubelet.runtime.docker import DockerRuntime
+
+        runtime = DockerRuntime(node_name=args.node_name, network=args.pod_network, subnet=args.pod_subnet)
+    stack.push_async_callback(runtime.close)
+    api = await ApiClient(client, user_agent=f"podling-kubelet/{args.node_name}").open()
+    stack.push_async_callback(api.close)
+    kubelet = Kubelet(api=api, runtime=runtime, config=KubeletConfig(
+        node_name=args.node_name, root_dir=(args.root_dir or root_dir).resolve(), manifest_dir=args.manifest_dir,
+        address=args.address, port=args.kubelet_port, max_pods=args.max_pods))
+    await kubelet.start()
+    stack.push_async_callback(kubelet.stop)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    async with contextlib.AsyncExitStack() as stack:
+        if args.command in ("up", "apiserver"):
+            client = await _start_apiserver(args, stack)
+        else:
+            client = _client_config(args)
+        if args.command == "up":
+            await _start_kubelet(args, client, args.data_dir / "kubelet", stack)
+        elif args.command == "kubelet":
+            await _start_kubelet(args, client, Path("/var/lib/podling/kubelet"), stack)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("podling").info("shutting down")
     return 0
 
 
+def _client_config(args: argparse.Namespace) -> ClientConfig:
+    if args.kubeconfig:
+        return load_kubeconfig(args.kubeconfig)
+    return from_flags(server=args.server, token_file=args.token_file, ca_file=args.ca_file)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "validate":
         from podling.cli import validate
 
         return validate.run(paths=args.paths)
+    if args.command == "kubelet":
+        try:
+            _client_config(args)
+        except ConfigError as err:
+            parser.error(str(err))
     return asyncio.run(_serve(args))
 
 
