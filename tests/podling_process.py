@@ -155,10 +155,11 @@ class KubeletProcess:
         self._proc.kill()
         self._proc.wait()
 
-    def containers(self, *, all: bool = True) -> list[str]:
-        """Docker ids of this node's containers (sandboxes included)."""
+    def containers(self, *, pod: str = "", all: bool = True) -> list[str]:
+        """Docker ids of this node's containers (sandboxes included), of one pod if named."""
         result = subprocess.run(["docker", "ps", "-q", *(["-a"] if all else []), "--no-trunc",
-                                 "--filter", f"label=io.podling.node={self.node_name}"],
+                                 "--filter", f"label=io.podling.node={self.node_name}",
+                                 *(["--filter", f"label=io.podling.pod.name={pod}"] if pod else [])],
                                 capture_output=True, text=True, check=True)
         return result.stdout.split()
 

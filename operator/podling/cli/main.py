@@ -56,6 +56,10 @@ def _kubelet_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
                    help="docker (default), or hollow: a simulation without containers, for control-plane scale tests")
     p.add_argument("--hollow-start-delay", type=_seconds, default=0.5, metavar="SECONDS",
                    help="with --runtime hollow: how long a simulated container takes to start")
+    p.add_argument("--node-status-update-frequency", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="how often the node's status is written (default %(default)s)")
+    p.add_argument("--node-lease-renew-interval", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="how often the node's Lease in kube-node-lease is renewed (default %(default)s)")
     p.add_argument("--pod-network", default="podling", help="the Docker bridge network pods join (default %(default)s)")
     p.add_argument("--pod-subnet", default="10.88.0.0/16", help="its subnet, created if missing (default %(default)s)")
 
@@ -131,7 +135,8 @@ async def _start_kubelet(args: argparse.Namespace, client: ClientConfig, root_di
     stack.push_async_callback(api.close)
     kubelet = Kubelet(api=api, runtime=runtime, config=KubeletConfig(
         node_name=args.node_name, root_dir=(args.root_dir or root_dir).resolve(), manifest_dir=args.manifest_dir,
-        address=args.address, port=args.kubelet_port, max_pods=args.max_pods))
+        address=args.address, port=args.kubelet_port, max_pods=args.max_pods,
+        status_period=args.node_status_update_frequency, lease_period=args.node_lease_renew_interval))
     await kubelet.start()
     stack.push_async_callback(kubelet.stop)
 

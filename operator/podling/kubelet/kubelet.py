@@ -115,7 +115,7 @@ class Kubelet:
         version = await self.runtime.version()
         self.server = KubeletServer(runtime=self.runtime, locate=self._locate, authenticate=TokenReviewer(self.api),
                                     host=self.address, port=config.port, cert_dir=config.root_dir / "pki",
-                                    metrics=self.metrics.registry)
+                                    )
         await self.server.start()
         self.node = NodeAgent(api=self.api, node_name=config.node_name, runtime_version=f"{self.runtime.name}://{version}",
                               address=self.address, kubelet_port=self.server.port, max_pods=config.max_pods,

@@ -246,7 +246,18 @@ class PodSyncer:
 
     async def _start(self, pod: Obj, container: Obj, kind: Literal["init", "app"], latest: ContainerStatus | None,
                      sandbox_id: str, memory: _PodMemory) -> float | None:
-        """Pull, configure, create and start one container; a waiting reason when that fails."""
+        """Pull, configure, create and start one container (a waiting reason when that fails).
+
+        Returns once the runtime cache shows the new container, so the next pass cannot
+        start it a second time.
+        """
+        try:
+            return await self._create_and_start(pod, container, kind, latest, sandbox_id, memory)
+        finally:
+            await self.cache.refresh()
+
+    async def _create_and_start(self, pod: Obj, container: Obj, kind: Literal["init", "app"],
+                                latest: ContainerStatus | None, sandbox_id: str, memory: _PodMemory) -> float | None:
         name, image = container["name"], container.get("image", "")
         uid = pod["metadata"]["uid"]
         image_key = f"{uid}/{name}/image"
@@ -258,8 +269,6 @@ class PodSyncer:
             self.record(pod, type="Normal", reason="BackOff", message=f'Back-off pulling image "{image}"')
             return remaining
         policy = pull_policy(container)
-        if policy != "Never":
-            self.record(pod, type="Normal", reason="Pulling", message=f'Pulling image "{image}"')
         started = time.monotonic()
         try:
             _, pulled = await self.runtime.ensure_image(image, policy=policy)
@@ -275,6 +284,8 @@ class PodSyncer:
             self.record(pod, type="Warning", reason="Failed", message="Error: ErrImagePull")
             return self.image_backoff.delay(image_key)
         self.image_backoff.forget_prefix(image_key)
+        if pulled:
+            self.record(pod, type="Normal", reason="Pulling", message=f'Pulling image "{image}"')
         self.record(pod, type="Normal", reason="Pulled",
                     message=f'Successfully pulled image "{image}" in {time.monotonic() - started:.3f}s' if pulled
                     else f'Container image "{image}" already present on machine')
