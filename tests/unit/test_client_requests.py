@@ -50,7 +50,7 @@ def test_paths(resource: Resource, namespace: str | None, name: str, subresource
     ("resource", "kwargs", "message"),
     [
         (CONFIGMAPS, {"namespace": "default", "name": "c", "subresource": "status"}, "configmaps has no 'status'"),
-        (PODS, {"namespace": "default", "name": "p", "subresource": "scale"}, "(it has: status, binding)"),
+        (PODS, {"namespace": "default", "name": "p", "subresource": "scale"}, "(it has: status, binding, log, exec)"),
         (NODES, {"namespace": "default", "name": "n1"}, "Node is cluster-scoped"),
         (PODS, {"name": "p"}, "Pod 'p' is namespaced"),
         (PODS, {"namespace": "default", "subresource": "status"}, "needs an object name"),

@@ -119,19 +119,28 @@ def test_kubectl_finds_each_kind_as_explain_and_apply_do(r: resources.Resource) 
     doc = openapi_v3(group_version_path(r.group, r.version))
     prefix = f"/apis/{r.group}/{r.version}" if r.group else f"/api/{r.version}"
     collection = f"{prefix}/namespaces/{{namespace}}/{r.plural}" if r.namespaced else f"{prefix}/{r.plural}"
-    # explain: the GVK of the collection's GET, then the schema whose GVK list holds it.
-    assert doc["paths"][collection]["get"]["x-kubernetes-group-version-kind"] == gvk(r)
+    # explain: the GVK of the collection's GET (POST for a review kind, which has only create),
+    # then the schema whose GVK list holds it.
+    method = "get" if "list" in r.verbs else "post"
+    assert doc["paths"][collection][method]["x-kubernetes-group-version-kind"] == gvk(r)
     [schema] = [s for s in doc["components"]["schemas"].values() if gvk(r) in s.get("x-kubernetes-group-version-kind", [])]
     assert schema is doc["components"]["schemas"][r.definition]
     # apply: every PATCH of this GVK takes fieldValidation (the first one found decides), and
     # only Kubernetes' own kinds take strategic merge patches.
     patches = [op for _, method, op in operations(doc)
                if method == "patch" and op.get("x-kubernetes-group-version-kind") == gvk(r)]
-    assert patches
+    assert bool(patches) == ("patch" in r.verbs)
     for op in patches:
         assert "fieldValidation" in {p["name"] for p in op["parameters"]}
         strategic = "application/strategic-merge-patch+json" in op["requestBody"]["content"]
         assert strategic == (r.group != "podling.io")
+
+
+def test_a_review_kind_is_only_created() -> None:
+    doc = openapi_v3("apis/authentication.k8s.io/v1")
+    assert doc["paths"] == {"/apis/authentication.k8s.io/v1/tokenreviews": {
+        "post": doc["paths"]["/apis/authentication.k8s.io/v1/tokenreviews"]["post"],
+        "parameters": doc["paths"]["/apis/authentication.k8s.io/v1/tokenreviews"]["parameters"]}}
 
 
 def test_v3_wraps_described_refs_in_all_of_as_kubernetes_does() -> None:

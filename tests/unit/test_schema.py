@@ -99,7 +99,7 @@ def test_valid_objects_pass(definition: str, obj: dict[str, Any]) -> None:
 def test_every_served_kind_and_its_list_has_a_definition() -> None:
     for r in resources.all_resources():
         assert r.definition in definitions()
-        assert f"{r.definition}List" in definitions()
+        assert (f"{r.definition}List" in definitions()) == ("list" in r.verbs)  # a review kind has no list
         gvks = definitions()[r.definition]["x-kubernetes-group-version-kind"]
         assert {"group": r.group, "version": r.version, "kind": r.kind} in gvks
 

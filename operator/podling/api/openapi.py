@@ -63,6 +63,8 @@ _SUBRESOURCE_KINDS = {  # subresource -> (definition, GVK) of its body, when not
     "eviction": ("io.k8s.api.policy.v1.Eviction", ("policy", "v1", "Eviction")),
 }
 _JSON = ("application/json", "application/yaml")
+_ACTION_VERBS = {"list": "list", "post": "create", "deletecollection": "deletecollection", "get": "get",
+                 "put": "update", "patch": "patch", "delete": "delete"}  # x-kubernetes-action -> verb
 _PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")
 _STRATEGIC = "application/strategic-merge-patch+json"
 
@@ -297,23 +299,31 @@ def _resource_paths(r: Resource) -> Iterator[tuple[str, tuple[str, ...], list[_O
                consumes=patch_types, gvk=kind),
         ]
 
-    yield base, ns_params, [
+    def served(operations: list[_Operation]) -> list[_Operation]:
+        """The operations of the kind's own verbs (a review kind is only POSTed)."""
+        return [o for o in operations if _ACTION_VERBS[o.action] in r.verbs]
+
+    collection = served([
         op("get", "list", "list", query=_LIST, response=list_def, produces=(*_JSON, "application/json;stream=watch"),
            gvk=gvk),
         op("post", "post", "create", query=_WRITE, response=r.definition, body=r.definition, gvk=gvk),
         op("delete", "deletecollection", "deleteCollection", query=(*_LIST, *_DELETE), response=_STATUS,
            body=_DELETE_OPTIONS, gvk=gvk),
-    ]
-    if r.namespaced:
+    ])
+    if collection:
+        yield base, ns_params, collection
+    if r.namespaced and "list" in r.verbs:
         yield f"{prefix}/{r.plural}", (), [
             _Operation(method="get", action="list", operation_id=f"list{gv}{r.kind}ForAllNamespaces", query=_LIST,
                        response=list_def, produces=(*_JSON, "application/json;stream=watch"), gvk=gvk),
         ]
     item_params = (*ns_params, "name")
-    yield f"{base}/{{name}}", item_params, [
+    item = served([
         *read_write("", r.definition, gvk),
         op("delete", "delete", "delete", query=_DELETE, response=_STATUS, body=_DELETE_OPTIONS, gvk=gvk),
-    ]
+    ])
+    if item:
+        yield f"{base}/{{name}}", item_params, item
     for sub in r.subresources:
         url = f"{base}/{{name}}/{sub}"
         suffix = sub.capitalize()

@@ -22,6 +22,9 @@ class Column:
     format: str = ""
 
 
+ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Resource:
     group: str  # "" for the core group
@@ -31,10 +34,11 @@ class Resource:
     namespaced: bool
     definition: str  # the schema's $defs name, e.g. io.k8s.api.core.v1.Pod
     short_names: tuple[str, ...] = ()
-    subresources: tuple[str, ...] = ()  # "status", "scale", "binding"
+    subresources: tuple[str, ...] = ()  # "status", "scale", "binding", "log", "exec"
     categories: tuple[str, ...] = ()
     columns: tuple[Column, ...] = ()
     has_spec: bool = True  # generation bumps only on spec changes (metadata too if no spec)
+    verbs: tuple[str, ...] = ALL_VERBS  # ("create",): a review kind, answered and never stored
 
     @property
     def singular(self) -> str:
@@ -51,10 +55,6 @@ class Resource:
     @property
     def list_kind(self) -> str:
         return f"{self.kind}List"
-
-    @property
-    def verbs(self) -> tuple[str, ...]:
-        return ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 
     def key_prefix(self, namespace: str | None = None) -> str:
         """The store key prefix of this resource (in one namespace, or all)."""
@@ -84,7 +84,7 @@ def _apps(kind: str, plural: str, **kw) -> Resource:
 RESOURCES: tuple[Resource, ...] = (
     _core("Namespace", "namespaces", namespaced=False, short_names=("ns",), subresources=("status", "finalize"),
           columns=(_NAME, Column("Status", ".status.phase"), _AGE)),
-    _core("Pod", "pods", short_names=("po",), subresources=("status", "binding"),
+    _core("Pod", "pods", short_names=("po",), subresources=("status", "binding", "log", "exec"),
           categories=("all",),
           columns=(_NAME, Column("Ready", "@pod_ready"), Column("Status", "@pod_status"),
                    Column("Restarts", "@pod_restarts"), _AGE,
@@ -153,6 +153,8 @@ RESOURCES: tuple[Resource, ...] = (
                    Column("Selector", "@selector", priority=1))),
     Resource("coordination.k8s.io", "v1", "Lease", "leases", True, "io.k8s.api.coordination.v1.Lease",
              columns=(_NAME, Column("Holder", ".spec.holderIdentity"), _AGE)),
+    Resource("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", False,
+             "io.k8s.api.authentication.v1.TokenReview", verbs=("create",)),
     Resource("podling.io", "v1alpha1", "Application", "applications", True, "io.podling.v1alpha1.Application",
              short_names=("app", "apps"), subresources=("status",),
              columns=(_NAME, Column("Sync Status", ".status.sync.status"), Column("Health", ".status.health.status"),

@@ -21,9 +21,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ruamel.yaml import YAML, YAMLError
 
 from podling.api import errors, openapi, protobuf, tables
-from podling.api.resources import Resource
+from podling.api.resources import Resource, find
 from podling.apiserver import codec, discovery, routing
-from podling.apiserver.auth import AllowAuthenticated, Authorizer, RequestAttributes, TokenFile, User
+from podling.apiserver.auth import (AllowAuthenticated, Authorizer, RequestAttributes, ServerIdentity, TokenFile,
+                                    User)
+from podling.apiserver.kubelets import KubeletProxy
 from podling.apiserver.metrics import ApiserverMetrics
 from podling.apiserver.storage import Storage, scale_of
 
@@ -36,6 +38,8 @@ _PUBLIC_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version", "/metric
 _BOOKMARK_INTERVAL = 60.0
 _FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
 _STORAGE_KEY = web.AppKey("storage", Storage)
+_TOKEN_REVIEWS = find(group="authentication.k8s.io", version="v1", plural="tokenreviews")
+assert _TOKEN_REVIEWS is not None
 
 
 class ApiServer:
@@ -51,11 +55,17 @@ class ApiServer:
         self.metrics = metrics
         self.tokens = tokens  # None: no authentication (only for tests of the handler itself)
         self.authorizer = authorizer or AllowAuthenticated()
+        self.identity = ServerIdentity.generate()  # what this server shows kubelets; in memory only
+        self.kubelets = KubeletProxy(storage=storage, token=self.identity.token)
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.on_shutdown.append(self._shutdown)
         return app
+
+    async def _shutdown(self, app: web.Application) -> None:
+        await self.kubelets.close()  # log follows and execs would otherwise hold the shutdown open
 
     # ---- entry point -------------------------------------------------------------------
 
@@ -86,10 +96,19 @@ class ApiServer:
     def _authenticate(self, request: web.Request) -> User | None:
         if self.tokens is None or request.path in _PUBLIC_PATHS:
             return None
-        user = self.tokens.authenticate(request.headers.get("Authorization"))
+        authorization = request.headers.get("Authorization") or ""
+        user = None
+        if authorization.startswith("Bearer "):
+            user = self._lookup(authorization.removeprefix("Bearer ").strip())
         if user is None:
             raise errors.unauthorized()
         return user
+
+    def _lookup(self, token: str) -> User | None:
+        """The user of a bearer token: this server's own identity, or one of the token file's."""
+        if self.identity.matches(token):
+            return self.identity.user
+        return self.tokens.lookup(token) if self.tokens is not None else None
 
     # ---- non-resource paths ------------------------------------------------------------
 
@@ -144,8 +163,17 @@ class ApiServer:
             namespace=namespace or "", name=name, path=request.path,
         )):
             raise errors.forbidden(resource, name, f'User "{user.name}" cannot {verb} resource "{resource.plural}"')
-        if routing.verb(request.method, target, watch=_flag(request, "watch")) is None:
+        if routing.verb(request.method, target, watch=_flag(request, "watch")) is None or (
+                not sub and verb not in resource.verbs):
             raise errors.method_not_allowed(f"the server does not allow this method on the requested resource")
+        if sub == "log" and verb == "get":
+            return await self.kubelets.logs(request, namespace=namespace or "", name=name)
+        if sub == "exec" and verb in ("get", "create"):
+            return await self.kubelets.exec(request, namespace=namespace or "", name=name)
+        if sub in ("log", "exec"):
+            raise errors.method_not_allowed(f"the server does not allow this method on pods/{sub}")
+        if resource is _TOKEN_REVIEWS:
+            return _json(self._token_review(await _body(request)), status=201)
         query = request.query
         dry_run = query.get("dryRun") == "All"
         if verb == "get":
@@ -187,6 +215,25 @@ class ApiServer:
                                                      patch_type=content_type, body=body, subresource=sub,
                                                      dry_run=dry_run, field_validation=validation)
         return _json(scale_of(resource, obj) if sub == "scale" else obj, warnings=warnings)
+
+    def _token_review(self, review: Any) -> Obj:
+        """A TokenReview answered (never stored): who the token in ``spec.token`` belongs to."""
+        if not isinstance(review, dict) or review.get("kind", "TokenReview") != "TokenReview":
+            raise errors.bad_request("the request body must be an authentication.k8s.io/v1 TokenReview")
+        spec = review.get("spec") or {}
+        token = spec.get("token") if isinstance(spec, dict) else None
+        if not isinstance(token, str) or not token:
+            raise errors.bad_request("token is required for TokenReview in authentication.k8s.io/v1")
+        user = self._lookup(token)
+        status: Obj = {"authenticated": False, "user": {}}
+        if user is not None:
+            groups = [*user.groups, *(() if "system:authenticated" in user.groups else ("system:authenticated",))]
+            status = {"authenticated": True, "user": {"username": user.name, "uid": user.uid, "groups": groups}}
+            if spec.get("audiences"):
+                status["audiences"] = list(spec["audiences"])
+        metadata = {k: v for k, v in (review.get("metadata") or {}).items() if k in ("name", "labels", "annotations")}
+        return {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": None, **metadata}, "spec": spec, "status": status}
 
     def _object(self, request: web.Request, resource: Resource, obj: Obj) -> web.Response:
         if _wants_table(request) and obj.get("kind") == resource.kind:

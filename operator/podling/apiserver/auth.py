@@ -1,8 +1,9 @@
 """Authentication and authorization: who is asking, and may they.
 
 Authentication reads bearer tokens from a static token file in kube-apiserver's
-``--token-auth-file`` format (CSV: ``token,user,uid[,"group1,group2"]``). A request without
-a token the file names is 401, before any handler runs. Authorization is a seam: the
+``--token-auth-file`` format (CSV: ``token,user,uid[,"group1,group2"]``), and knows one more:
+the API server's own in-memory token (``ServerIdentity``), which it presents to kubelets. A
+request with neither is 401, before any handler runs. Authorization is a seam: the
 ``Authorizer`` protocol decides per request; the default allows every authenticated user
 (RBAC comes later and plugs in here).
 """
@@ -13,6 +14,7 @@ import csv
 import dataclasses
 import hmac
 import secrets
+import uuid
 from pathlib import Path
 from typing import Protocol
 
@@ -55,14 +57,32 @@ class TokenFile:
                 tokens[row[0]] = User(name=row[1], uid=row[2], groups=groups)
         return cls(tokens=tokens)
 
-    def authenticate(self, authorization: str | None) -> User | None:
-        if not authorization or not authorization.startswith("Bearer "):
-            return None
-        presented = authorization.removeprefix("Bearer ").strip()
+    def lookup(self, presented: str) -> User | None:
+        """The user a bearer token belongs to, or None."""
         for token, user in self._tokens.items():
             if hmac.compare_digest(token, presented):
                 return user
         return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerIdentity:
+    """The API server's own bearer token (``system:apiserver``), made at start and held only in memory.
+
+    The API server presents it to kubelets, which ask this API server (TokenReview) who it
+    is; the token dies with the process, so it never needs rotating or revoking.
+    """
+
+    token: str
+    user: User
+
+    @classmethod
+    def generate(cls) -> ServerIdentity:
+        return cls(token=secrets.token_urlsafe(32),
+                   user=User(name="system:apiserver", uid=str(uuid.uuid4()), groups=("system:masters",)))
+
+    def matches(self, presented: str) -> bool:
+        return hmac.compare_digest(self.token, presented)
 
 
 def write_token_file(path: Path, *, user: str, groups: tuple[str, ...]) -> str:

@@ -71,7 +71,7 @@ def verb(method: str, target: Target, *, watch: bool) -> str | None:
     if method == "POST":
         if collection:
             return "create"
-        return "create" if target.subresource == "binding" else None
+        return "create" if target.subresource in ("binding", "exec") else None
     if collection:
         return "deletecollection" if method == "DELETE" else None
     return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method)
