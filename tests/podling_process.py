@@ -155,6 +155,11 @@ class KubeletProcess:
         self._proc.kill()
         self._proc.wait()
 
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
     def containers(self, *, pod: str = "", all: bool = True) -> list[str]:
         """Docker ids of this node's containers (sandboxes included), of one pod if named."""
         result = subprocess.run(["docker", "ps", "-q", *(["-a"] if all else []), "--no-trunc",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -196,7 +198,7 @@ def test_init_containers_run_in_order_before_the_app(api: PodlingProcess, kubele
 
 def test_liveness_failure_restarts_with_growing_backoff(api: PodlingProcess, kubelet: KubeletProcess) -> None:
     apply(api, pod_manifest("unhealthy", kubelet.node_name, [
-        {"name": "app", "command": ["sh", "-c", "sleep 3600"],
+        {"name": "app", "command": ["sh", "-c", "echo attempt; sleep 3600"],
          "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1,
                            "failureThreshold": 1}},
     ], terminationGracePeriodSeconds=1))
@@ -221,6 +223,8 @@ def test_liveness_failure_restarts_with_growing_backoff(api: PodlingProcess, kub
     assert any(m.startswith("Liveness probe failed") for m in messages)
     assert any("failed liveness probe, will be restarted" in m for m in messages)
     assert any(m.startswith("Back-off restarting failed container app") for m in messages)
+    previous = api.kubectl("logs", "-n", NS, "unhealthy", "--previous", check=False)
+    assert (previous.returncode, previous.stdout) == (0, "attempt\n"), previous.stderr
     api.kubectl("delete", "pod", "-n", NS, "unhealthy", "--wait=false")
 
 
@@ -305,7 +309,8 @@ def test_delete_runs_prestop_then_sigterm(api: PodlingProcess, kubelet: KubeletP
     apply(api, pod_manifest("graceful", kubelet.node_name, [
         {"name": "app", "command": ["sh", "-c", "trap 'echo got-TERM >> /log/events; exit 0' TERM; "
                                                 "while true; do sleep 1 & wait $!; done"],
-         "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /log/events"]}}},
+         "lifecycle": {"postStart": {"exec": {"command": ["sh", "-c", "echo poststart >> /log/events"]}},
+                       "preStop": {"exec": {"command": ["sh", "-c", "echo prestop >> /log/events"]}}},
          "volumeMounts": [{"name": "log", "mountPath": "/log"}]},
     ], terminationGracePeriodSeconds=10, volumes=[{"name": "log", "hostPath": {"path": str(log)}}]))
     wait_for(phase_is(api, "graceful", "Running"), timeout=30, what="pod graceful Running")
@@ -314,7 +319,7 @@ def test_delete_runs_prestop_then_sigterm(api: PodlingProcess, kubelet: KubeletP
     wait_for(lambda: api.kubectl("get", "pod", "-n", NS, "graceful", check=False).returncode != 0, timeout=15,
              what="the pod to be gone")
     assert time.monotonic() - started < 10, "a pod that exits on SIGTERM is gone before its grace period ends"
-    assert (log / "events").read_text().split() == ["prestop", "got-TERM"]
+    assert (log / "events").read_text().split() == ["poststart", "prestop", "got-TERM"]
 
 
 def test_a_process_ignoring_sigterm_is_killed_at_the_deadline(api: PodlingProcess, kubelet: KubeletProcess) -> None:
@@ -474,3 +479,30 @@ def test_static_pod_runs_is_mirrored_and_stops_when_removed(api: PodlingProcess,
              what="the static pod's containers to stop")
     wait_for(lambda: api.kubectl("get", "pod", "-n", NS, mirror_name, check=False).returncode != 0, timeout=15,
              what="the mirror pod to go")
+
+
+def test_kubelet_exports_metrics(api: PodlingProcess, kubelet: KubeletProcess) -> None:
+    apply(api, pod_manifest("measured", kubelet.node_name, [
+        {"name": "app", "command": ["sleep", "3600"], "readinessProbe": {"exec": {"command": ["true"]},
+                                                                        "periodSeconds": 1}}]))
+    pod = wait_for(ready(api, "measured"), timeout=30, what="pod measured Ready")
+    docker("kill", container_status(pod, "app")["containerID"].removeprefix("docker://"))
+    wait_for(lambda: container_status(get_pod(api, "measured"), "app")["restartCount"] == 1, timeout=10,
+             what="a restart")
+    port = api.kubectl_json("get", "node", kubelet.node_name)["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the kubelet's self-signed certificate
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=10) as response:
+            text = response.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line and not line.startswith("#")}
+
+    metrics = wait_for(lambda: (m := scrape()).get("podling_kubelet_running_pods", 0) > 0 and m, timeout=15,
+                       what="the running pods gauge")
+    assert metrics["podling_kubelet_pod_start_duration_seconds_count"] >= 1
+    assert metrics["podling_kubelet_running_containers"] >= 1
+    assert metrics['podling_kubelet_runtime_operations_duration_seconds_count{operation="run_sandbox"}'] >= 1
+    assert metrics['podling_kubelet_probe_total{probe_type="readiness",result="successful"}'] >= 1
+    assert metrics["podling_kubelet_container_restarts_total"] >= 1

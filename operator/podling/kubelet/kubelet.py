@@ -36,7 +36,7 @@ from podling.kubelet.node import NodeAgent
 from podling.kubelet.pleg import RuntimeCache
 from podling.kubelet.probes import ProbeManager
 from podling.kubelet.runtime.base import Runtime
-from podling.kubelet.server import KubeletServer
+from podling.kubelet.server import ContainerNotFound, KubeletServer
 from podling.kubelet.static import MIRROR_ANNOTATION, SOURCE_ANNOTATION, HASH_ANNOTATION, StaticPods
 from podling.kubelet.sync import PodSyncer, grace_period
 from podling.kubelet.volumes import VolumeManager
@@ -115,7 +115,7 @@ class Kubelet:
         version = await self.runtime.version()
         self.server = KubeletServer(runtime=self.runtime, locate=self._locate, authenticate=TokenReviewer(self.api),
                                     host=self.address, port=config.port, cert_dir=config.root_dir / "pki",
-                                    )
+                                    metrics=self.metrics.registry)
         await self.server.start()
         self.node = NodeAgent(api=self.api, node_name=config.node_name, runtime_version=f"{self.runtime.name}://{version}",
                               address=self.address, kubelet_port=self.server.port, max_pods=config.max_pods,
@@ -309,7 +309,7 @@ class Kubelet:
         found = next((p for p in [*self._api_pods.values(), *self._static_pods.values()]
                       if meta.namespace(p) == namespace and meta.name(p) == pod), None)
         if found is None:
-            raise LookupError(f'pod "{pod}" not found on node {self.config.node_name}')
+            raise ContainerNotFound(f'pod "{pod}" not found on node {self.config.node_name}')
         observed = self.cache.pod(found["metadata"]["uid"])
         attempt = observed.previous(container) if previous else observed.latest(container)
         if attempt is None:

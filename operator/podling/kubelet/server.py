@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from podling import tls
 from podling.api import errors, streaming
@@ -57,7 +58,7 @@ class Locate(Protocol):
     async def __call__(self, *, namespace: str, pod: str, container: str, previous: bool) -> str: ...
 
 
-_PUBLIC_PATHS = frozenset({"/healthz"})
+_PUBLIC_PATHS = frozenset({"/healthz", "/metrics"})  # unauthenticated, as the API server's
 _MAX_FRAME = 4 * 1024 * 1024
 
 
@@ -67,8 +68,9 @@ class ContainerNotFound(LookupError):
 
 class KubeletServer:
     def __init__(self, *, runtime: Runtime, locate: Locate, authenticate: Authenticate, host: str, port: int,
-                 cert_dir: Path) -> None:
+                 cert_dir: Path, metrics: CollectorRegistry | None = None) -> None:
         self.runtime = runtime
+        self.metrics = metrics
         self.locate = locate
         self.authenticate = authenticate
         self.host = host
@@ -80,6 +82,8 @@ class KubeletServer:
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._authentication])
         app.router.add_get("/healthz", self._healthz)
+        if self.metrics is not None:
+            app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._logs)
         app.router.add_route("GET", "/exec/{namespace}/{pod}/{container}", self._exec)
         app.router.add_route("POST", "/exec/{namespace}/{pod}/{container}", self._exec)
@@ -144,6 +148,10 @@ class KubeletServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        assert self.metrics is not None
+        return web.Response(body=generate_latest(self.metrics), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _container_id(self, request: web.Request, *, previous: bool) -> str:
         info = request.match_info

@@ -332,7 +332,7 @@ class PodSyncer:
         if memory.volumes is None:
             memory.volumes = await self.volumes.setup(pod)
             memory.volumes_at = time.monotonic()
-        mounts = self.volumes.mounts(pod, container, memory.volumes)
+        mounts = self.volumes.mounts(pod, container, memory.volumes, env=variables)
         resources = container.get("resources") or {}
         limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
         spec = pod.get("spec") or {}

@@ -10,7 +10,7 @@ Invariants:
 * All state is in this object's memory and dies with it (a restarted hollow kubelet finds an
   empty node, as if it had been rebooted).
 * A sandbox is ready, and a started container running, ``start_delay`` seconds after it was
-  asked for (at once with 0). Containers run until stopped; then they exit 0 (``Completed``).
+  asked for (at once with 0): the call returns then, as Docker's does. Containers run until stopped; then they exit 0 (``Completed``).
 * Every transition is reported to :meth:`HollowRuntime.events` as Docker names it (create,
   start, kill, die, destroy); exec succeeds with no output; logs are one fixed line.
 """
@@ -24,7 +24,7 @@ import hashlib
 import ipaddress
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from podling import __version__
 from podling.kubelet.runtime.base import (
@@ -63,7 +63,6 @@ class _Sandbox:
     ip: str
     created_at: datetime.datetime
     ready: bool = False
-    timer: asyncio.TimerHandle | None = None
 
 
 @dataclasses.dataclass(slots=True, kw_only=True)
@@ -76,7 +75,6 @@ class _Container:
     state: str = "created"  # created, starting (between start and start_delay), running, exited
     started_at: datetime.datetime | None = None
     finished_at: datetime.datetime | None = None
-    timer: asyncio.TimerHandle | None = None
     exited: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
@@ -99,12 +97,10 @@ class HollowRuntime(Runtime):
         for queue in self._subscribers:
             queue.put_nowait(event)
 
-    def _after_delay(self, fn: Callable[[], None]) -> asyncio.TimerHandle | None:
-        """Run ``fn`` after ``start_delay`` (now, and no timer, when it is 0)."""
-        if self._start_delay <= 0:
-            fn()
-            return None
-        return asyncio.get_running_loop().call_later(self._start_delay, fn)
+    async def _start_time(self) -> None:
+        """A simulated start takes ``start_delay``; the call returns once it is done, as Docker's does."""
+        if self._start_delay > 0:
+            await asyncio.sleep(self._start_delay)
 
     async def version(self) -> str:
         return __version__
@@ -127,20 +123,16 @@ class HollowRuntime(Runtime):
         self._sandboxes[sandbox.id] = sandbox
         self._emit(sandbox.id, config.pod_uid, "create")
 
-        def ready() -> None:
-            sandbox.ready, sandbox.timer = True, None
+        await self._start_time()
+        if sandbox.id in self._sandboxes:
+            sandbox.ready = True
             self._emit(sandbox.id, config.pod_uid, "start")
-
-        sandbox.timer = self._after_delay(ready)
         return sandbox.id
 
     async def stop_sandbox(self, sandbox_id: str) -> None:
         sandbox = self._sandboxes.get(sandbox_id)
-        if sandbox is None or not (sandbox.ready or sandbox.timer):
+        if sandbox is None or not sandbox.ready:
             return
-        if sandbox.timer is not None:
-            sandbox.timer.cancel()
-            sandbox.timer = None
         sandbox.ready = False
         self._emit(sandbox_id, sandbox.config.pod_uid, "kill")
         self._emit(sandbox_id, sandbox.config.pod_uid, "die")
@@ -177,20 +169,16 @@ class HollowRuntime(Runtime):
         if container.state != "created":
             raise RuntimeError_(f"container {container_id} is {container.state}, not created")
 
-        def running() -> None:
-            container.state, container.started_at, container.timer = "running", _now(), None
-            self._emit(container.id, container.pod.pod_uid, "start")
-
         container.state = "starting"
-        container.timer = self._after_delay(running)
+        await self._start_time()
+        if container.state == "starting":
+            container.state, container.started_at = "running", _now()
+            self._emit(container.id, container.pod.pod_uid, "start")
 
     async def stop_container(self, container_id: str, *, timeout: float) -> None:
         container = self._containers.get(container_id)
         if container is None or container.state not in ("starting", "running"):
             return
-        if container.timer is not None:
-            container.timer.cancel()
-            container.timer = None
         container.finished_at = _now()
         container.started_at = container.started_at or container.finished_at
         container.state = "exited"
@@ -258,7 +246,5 @@ class HollowRuntime(Runtime):
         self._volumes.setdefault(name, dict(labels))
 
     async def close(self) -> None:
-        timers = [s.timer for s in self._sandboxes.values()] + [c.timer for c in self._containers.values()]
-        for timer in timers:
-            if timer is not None:
-                timer.cancel()
+        self._sandboxes.clear()
+        self._containers.clear()
