@@ -23,7 +23,32 @@ from ruamel.yaml import YAML
 KUBECTL = os.environ.get("KUBECTL", "/usr/bin/kubectl")
 
 
-class PodlingProcess:
+class _Process:
+    """A podling subprocess: stopped with SIGTERM (as users stop it), or killed."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def stop(self, *, timeout: float = 20.0) -> int:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGTERM)
+        try:
+            return self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            raise
+
+    def kill(self) -> None:
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+
+class PodlingProcess(_Process):
     def __init__(self, *, data_dir: Path, store: str = "sqlite", command: str = "apiserver",
                  args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
@@ -57,15 +82,6 @@ class PodlingProcess:
         self.url = config["clusters"][0]["cluster"]["server"]
         self.token = config["users"][0]["user"]["token"]
         return self
-
-    def stop(self, *, timeout: float = 20.0) -> int:
-        assert self._proc is not None
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            return self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            raise
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca_file))
@@ -103,7 +119,7 @@ class PodlingProcess:
             return status, raw.decode()
 
 
-class KubeletProcess:
+class KubeletProcess(_Process):
     """A real ``podling kubelet`` process for one node, against a running API server.
 
     Its containers carry the label ``io.podling.node=NODE`` on the one Docker engine;
@@ -141,25 +157,6 @@ class KubeletProcess:
                 raise TimeoutError(f"podling kubelet did not start:\n{self.log.read_text()}")
             time.sleep(0.1)
 
-    def stop(self, *, timeout: float = 20.0) -> int:
-        assert self._proc is not None
-        self._proc.send_signal(signal.SIGTERM)
-        try:
-            return self._proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            raise
-
-    def kill(self) -> None:
-        assert self._proc is not None
-        self._proc.kill()
-        self._proc.wait()
-
-    @property
-    def pid(self) -> int:
-        assert self._proc is not None
-        return self._proc.pid
-
     def containers(self, *, pod: str = "", all: bool = True) -> list[str]:
         """Docker ids of this node's containers (sandboxes included), of one pod if named."""
         result = subprocess.run(["docker", "ps", "-q", *(["-a"] if all else []), "--no-trunc",
@@ -169,5 +166,10 @@ class KubeletProcess:
         return result.stdout.split()
 
     def remove_containers(self) -> None:
+        """Remove this node's containers and the volumes of its claims."""
         if ids := self.containers():
             subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True, check=False)
+        volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=io.podling.node={self.node_name}"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        if volumes:
+            subprocess.run(["docker", "volume", "rm", "-f", *volumes], capture_output=True, check=False)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -41,6 +40,7 @@ from aiohttp import web
 from yarl import URL
 
 from podling.api import errors, streaming
+from podling.api.open_streams import OpenStreams
 from podling.api.resources import find
 from podling.apiserver.storage import Storage
 
@@ -92,23 +92,10 @@ class KubeletProxy:
     def __init__(self, *, storage: Storage, token: str) -> None:
         self.storage = storage
         self._headers = {"Authorization": f"Bearer {token}"}
-        self._streams: set[asyncio.Task[Any]] = set()
+        self._streams = OpenStreams()
 
     async def close(self) -> None:
-        for task in list(self._streams):
-            task.cancel()
-        await asyncio.gather(*self._streams, return_exceptions=True)
-
-    @contextlib.contextmanager
-    def _streaming(self) -> Iterator[None]:
-        """Registers the current handler as a stream ``close()`` ends."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
-        try:
-            yield
-        finally:
-            self._streams.discard(task)
+        await self._streams.close()
 
     async def _kubelet_url(self, *, namespace: str, name: str, what: str, container: str,
                            query: list[tuple[str, str]]) -> URL:
@@ -132,7 +119,7 @@ class KubeletProxy:
                                       container=request.query.get("container", ""), query=options.query())
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()
-        with self._streaming():
+        with self._streams.track():
             async with self._session() as session:
                 try:
                     async with session.get(url) as upstream:
@@ -159,7 +146,7 @@ class KubeletProxy:
             raise errors.bad_request("Upgrade request required: podling serves exec over WebSocket "
                                      f"({', '.join(p for p in streaming.PROTOCOLS if p)}), not SPDY")
         protocol = streaming.negotiate(streaming.offered(request.headers.get("Sec-WebSocket-Protocol")))
-        with self._streaming():
+        with self._streams.track():
             return await self._relay_exec(request, url=url, protocol=protocol.name)
 
     async def _relay_exec(self, request: web.Request, *, url: URL, protocol: str) -> web.StreamResponse:

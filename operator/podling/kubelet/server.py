@@ -32,11 +32,10 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +44,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from podling import tls
 from podling.api import errors, streaming
+from podling.api.open_streams import OpenStreams
 from podling.kubelet.runtime.base import NotFound, Runtime, RuntimeError_
 
 log = logging.getLogger("podling.kubelet.server")
@@ -77,7 +77,7 @@ class KubeletServer:
         self.port = port  # 0 until start() when a free port is asked for
         self.cert_dir = cert_dir
         self._runner: web.AppRunner | None = None
-        self._streams: set[asyncio.Task[Any]] = set()
+        self._streams = OpenStreams()
 
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._authentication])
@@ -101,23 +101,10 @@ class KubeletServer:
         log.info("kubelet server listening on https://%s:%d", self.host, self.port)
 
     async def stop(self) -> None:
-        for task in list(self._streams):
-            task.cancel()
-        await asyncio.gather(*self._streams, return_exceptions=True)
+        await self._streams.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    @contextlib.contextmanager
-    def _streaming(self) -> Iterator[None]:
-        """Registers the current handler as a stream ``stop()`` ends."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
-        try:
-            yield
-        finally:
-            self._streams.discard(task)
 
     # ---- middleware --------------------------------------------------------------------
 
@@ -173,7 +160,7 @@ class KubeletServer:
                                    since=options.since(now=datetime.datetime.now(datetime.timezone.utc)),
                                    timestamps=options.timestamps)
         remaining = options.limit_bytes
-        with self._streaming():
+        with self._streams.track():
             try:
                 async for chunk in chunks:
                     if remaining is not None:
@@ -201,7 +188,7 @@ class KubeletServer:
         ws = web.WebSocketResponse(protocols=(protocol.name,) if protocol.name else (), max_msg_size=_MAX_FRAME)
         await ws.prepare(request)
         channels = Channels(ws=ws, protocol=protocol, options=options)
-        with self._streaming():
+        with self._streams.track():
             try:
                 status = await self._run(request, channels, options)
                 if status is not None:
