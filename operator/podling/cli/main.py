@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from podling.cli import kubeconfig
 from podling.client.config import ClientConfig, ConfigError, from_flags, load_kubeconfig
@@ -64,6 +65,22 @@ def _kubelet_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
     p.add_argument("--pod-subnet", default="10.88.0.0/16", help="its subnet, created if missing (default %(default)s)")
 
 
+def _controller_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--controllers", default="*", help="controllers to run: * for all, *,-name to leave one out, "
+                                                       "or a comma-separated list (default %(default)s)")
+    p.add_argument("--concurrent-syncs", type=int, default=5, metavar="N", help="workers per controller")
+    p.add_argument("--node-monitor-period", type=_seconds, default=5.0, metavar="SECONDS")
+    p.add_argument("--node-monitor-grace-period", type=_seconds, default=40.0, metavar="SECONDS",
+                   help="a node whose lease is older than this is NotReady/Unknown (default %(default)s)")
+    p.add_argument("--node-startup-grace-period", type=_seconds, default=60.0, metavar="SECONDS")
+    p.add_argument("--default-toleration-seconds", type=int, default=300, metavar="SECONDS",
+                   help="how long pods stay on a not-ready or unreachable node (default %(default)s)")
+    p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="podCIDRs for nodes (default %(default)s)")
+    p.add_argument("--node-cidr-mask-size", type=int, default=24)
+    p.add_argument("--service-account-private-key-file", type=Path, metavar="FILE",
+                   help="the RS256 key that signs service account tokens (podling up: DATA_DIR/pki/sa.key)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="podling", description="A Kubernetes-compatible orchestrator driven by git.")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -83,11 +100,19 @@ def _parser() -> argparse.ArgumentParser:
     _kubelet_flags(up, alone=False)
 
     kubelet = sub.add_parser("kubelet", help="run a node's kubelet against an API server")
-    kubelet.add_argument("--server", help="the API server's URL, such as https://127.0.0.1:6443")
-    kubelet.add_argument("--token-file", type=Path, help="a file holding the bearer token to use")
-    kubelet.add_argument("--ca-file", type=Path, help="the CA certificate that signed the API server's")
-    kubelet.add_argument("--kubeconfig", type=Path, help="a kubeconfig instead of --server/--token-file/--ca-file")
+    scheduler = sub.add_parser("scheduler", help="run the scheduler against an API server")
+    manager = sub.add_parser("controller-manager", help="run the controllers against an API server")
+    for p in (kubelet, scheduler, manager):
+        p.add_argument("--server", help="the API server's URL, such as https://127.0.0.1:6443")
+        p.add_argument("--token-file", type=Path, help="a file holding the bearer token to use")
+        p.add_argument("--ca-file", type=Path, help="the CA certificate that signed the API server's")
+        p.add_argument("--kubeconfig", type=Path, help="a kubeconfig instead of --server/--token-file/--ca-file")
     _kubelet_flags(kubelet, alone=True)
+    for p in (up, scheduler):
+        p.add_argument("--scheduler-config", type=Path, metavar="FILE",
+                       help="scheduler profiles (plugins and weights) as YAML; default: one default-scheduler profile")
+    for p in (up, manager):
+        _controller_flags(p)
 
     validate = sub.add_parser("validate", help="validate manifest files offline against schemas/")
     validate.add_argument("paths", nargs="+", help="files or directories (read recursively)")
@@ -141,6 +166,41 @@ async def _start_kubelet(args: argparse.Namespace, client: ClientConfig, root_di
     stack.push_async_callback(kubelet.stop)
 
 
+async def _api(client: ClientConfig, *, agent: str, stack: contextlib.AsyncExitStack) -> Any:
+    from podling.client.http import ApiClient
+
+    api = await ApiClient(client, user_agent=f"podling-{agent}").open()
+    stack.push_async_callback(api.close)
+    return api
+
+
+async def _start_controller_manager(args: argparse.Namespace, client: ClientConfig, key_file: Path | None,
+                                    stack: contextlib.AsyncExitStack) -> None:
+    from podling.controllers.base import ControllerOptions
+    from podling.controllers.manager import ControllerManager, select
+
+    options = ControllerOptions(
+        node_monitor_period=args.node_monitor_period, node_monitor_grace_period=args.node_monitor_grace_period,
+        node_startup_grace_period=args.node_startup_grace_period,
+        default_toleration_seconds=args.default_toleration_seconds, cluster_cidr=args.cluster_cidr,
+        node_cidr_mask_size=args.node_cidr_mask_size,
+        service_account_key_file=args.service_account_private_key_file or key_file)
+    manager = ControllerManager(api=await _api(client, agent="controller-manager", stack=stack), options=options,
+                                controllers=select(args.controllers), workers=args.concurrent_syncs)
+    await manager.start()
+    stack.push_async_callback(manager.stop)
+
+
+async def _start_scheduler(args: argparse.Namespace, client: ClientConfig, stack: contextlib.AsyncExitStack) -> None:
+    from podling.scheduler.config import load_config
+    from podling.scheduler.scheduler import Scheduler
+
+    scheduler = Scheduler(api=await _api(client, agent="scheduler", stack=stack),
+                          config=load_config(args.scheduler_config))
+    await scheduler.start()
+    stack.push_async_callback(scheduler.stop)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if args.command in ("up", "apiserver"):
@@ -148,9 +208,15 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             client = _client_config(args)
         if args.command == "up":
+            await _start_controller_manager(args, client, args.data_dir.resolve() / "pki" / "sa.key", stack)
+            await _start_scheduler(args, client, stack)
             await _start_kubelet(args, client, args.data_dir / "kubelet", stack)
         elif args.command == "kubelet":
             await _start_kubelet(args, client, Path("/var/lib/podling/kubelet"), stack)
+        elif args.command == "scheduler":
+            await _start_scheduler(args, client, stack)
+        elif args.command == "controller-manager":
+            await _start_controller_manager(args, client, None, stack)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,11 +240,18 @@ def main(argv: list[str] | None = None) -> int:
         from podling.cli import validate
 
         return validate.run(paths=args.paths)
-    if args.command == "kubelet":
+    if args.command in ("kubelet", "scheduler", "controller-manager"):
         try:
             _client_config(args)
         except ConfigError as err:
             parser.error(str(err))
+    if args.command in ("up", "controller-manager"):
+        from podling.controllers.manager import select
+
+        try:
+            select(args.controllers)
+        except ValueError as err:
+            parser.error(f"--controllers: {err}")
     return asyncio.run(_serve(args))
 
 

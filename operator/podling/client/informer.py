@@ -288,3 +288,48 @@ def _call(handler: Callable[..., None], *objs: Obj) -> None:
         handler(*objs)
     except Exception:
         log.exception("informer handler %s failed", getattr(handler, "__qualname__", handler))
+
+
+class InformerFactory:
+    """Shared informers: one list+watch per resource (and namespace/selectors) for a whole process.
+
+    Every controller of a controller manager asks the factory, so ten controllers watching pods
+    share one cache and one watch, as client-go's SharedInformerFactory does. ``start()`` runs
+    the informers made so far (and any made later, at once); ``wait_synced()`` waits for all.
+    """
+
+    def __init__(self, api: ApiClient, *, resync_period: float = 0.0) -> None:
+        self.api = api
+        self.resync_period = resync_period
+        self._informers: dict[tuple[str, str, str | None, str, str], Informer] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    def informer(self, resource: Resource, *, namespace: str | None = None, label_selector: str = "",
+                 field_selector: str = "") -> Informer:
+        key = (resource.group, resource.plural, namespace, label_selector, field_selector)
+        informer = self._informers.get(key)
+        if informer is None:
+            informer = self._informers[key] = Informer(
+                self.api, resource, namespace=namespace, label_selector=label_selector,
+                field_selector=field_selector, resync_period=self.resync_period)
+            if self._started:
+                self._run(informer)
+        return informer
+
+    def _run(self, informer: Informer) -> None:
+        self._tasks.append(asyncio.get_running_loop().create_task(informer.run(), name=f"{informer!r}"))
+
+    def start(self) -> None:
+        if not self._started:
+            self._started = True
+            for informer in self._informers.values():
+                self._run(informer)
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(informer.wait_synced() for informer in self._informers.values()))
+
+    async def stop(self) -> None:
+        for informer in self._informers.values():
+            informer.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

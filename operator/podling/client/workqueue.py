@@ -82,6 +82,8 @@ class WorkQueue:
         self._waiting: dict[str, tuple[float, asyncio.TimerHandle]] = {}  # add_after: (due, timer)
         self._wakeup = asyncio.Event()  # set while something may be ready for get()
         self._shutting_down = False
+        self.adds = 0  # keys queued, for metrics (a key already pending is not counted again)
+        self.retries = 0  # rate-limited re-adds after failures, for metrics
 
     def __len__(self) -> int:
         """Keys queued for a worker now (not those being processed or waiting for a delay)."""
@@ -95,6 +97,7 @@ class WorkQueue:
         if self._shutting_down or key in self._dirty:
             return
         self._dirty.add(key)
+        self.adds += 1
         if key in self._processing:
             return  # done() queues it again
         self._queue.append(key)
@@ -141,6 +144,7 @@ class WorkQueue:
     def add_rate_limited(self, key: str) -> float:
         """Add ``key`` after its rate-limited delay (one more failure); the delay chosen."""
         delay = self.rate_limiter.when(key)
+        self.retries += 1
         self.add_after(key, delay)
         return delay
 

@@ -1,0 +1,1 @@
+"""The controller manager's controllers: each a level-triggered reconcile over shared informers."""

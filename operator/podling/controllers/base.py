@@ -1,0 +1,99 @@
+"""What every controller is made of, and the options and metrics they share.
+
+Invariants:
+
+* A controller is constructed from a :class:`Context` (no I/O in ``__init__``: it only asks
+  the shared informer factory for the informers it needs and adds event handlers that
+  enqueue keys) and then ``await controller.run(workers=N)`` reconciles keys until
+  cancelled. It never imports another controller or component: it talks through the API.
+* Every work queue is registered with :class:`ControllerMetrics`, which reads each queue's
+  depth, adds and retries at scrape time (``podling_controller_*{controller}``); reconcile
+  durations are observed by :meth:`Context.reconciler`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from podling.client.events import EventRecorder
+from podling.client.http import ApiClient
+from podling.client.informer import InformerFactory
+from podling.client.workqueue import WorkQueue
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ControllerOptions:
+    """Every timeout is a flag of ``podling controller-manager`` so tests can shorten it."""
+
+    node_monitor_period: float = 5.0  # how often node health is checked
+    node_monitor_grace_period: float = 40.0  # a lease older than this: the node is Unknown
+    node_startup_grace_period: float = 60.0  # a new node may take this long to post its first status
+    default_toleration_seconds: int = 300  # not-ready/unreachable NoExecute tolerations added to pods
+    cluster_cidr: str = "10.244.0.0/16"  # podCIDRs for nodes are carved from it
+    node_cidr_mask_size: int = 24
+    service_account_key_file: Path | None = None  # signs service account tokens (RS256)
+    terminated_pod_gc_threshold: int = 12500
+
+
+class _QueueCollector(Collector):
+    def __init__(self) -> None:
+        self.queues: dict[str, WorkQueue] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        depth = GaugeMetricFamily("podling_controller_workqueue_depth", "Keys waiting in a controller's queue.",
+                                  labels=["controller"])
+        adds = CounterMetricFamily("podling_controller_workqueue_adds", "Keys added to a controller's queue.",
+                                   labels=["controller"])
+        retries = CounterMetricFamily("podling_controller_workqueue_retries",
+                                      "Keys re-added after a failed reconcile.", labels=["controller"])
+        for name, queue in self.queues.items():
+            depth.add_metric([name], len(queue))
+            adds.add_metric([name], queue.adds)
+            retries.add_metric([name], queue.retries)
+        yield from (depth, adds, retries)
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._queues = _QueueCollector()
+        self.registry.register(self._queues)
+        self.reconcile = Histogram(
+            "podling_controller_reconcile_duration_seconds", "Duration of one reconcile, by controller.",
+            ["controller"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry)
+
+    def queue(self, name: str) -> WorkQueue:
+        """A new work queue for controller ``name``, reported in the metrics."""
+        queue = WorkQueue(name=name)
+        self._queues.queues[name] = queue
+        return queue
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    api: ApiClient
+    informers: InformerFactory
+    recorder: EventRecorder
+    metrics: ControllerMetrics
+    options: ControllerOptions
+
+    def reconciler(self, name: str, reconcile: Callable[[str], Awaitable[None]]) -> Callable[[str], Awaitable[None]]:
+        """``reconcile`` with its duration observed under ``name``."""
+        histogram = self.metrics.reconcile.labels(name)
+
+        async def timed(key: str) -> None:
+            start = time.perf_counter()
+            try:
+                await reconcile(key)
+            finally:
+                histogram.observe(time.perf_counter() - start)
+
+        return timed
