@@ -181,7 +181,7 @@ class PodSyncer:
             return await self._start(pod, container, "init", latest, sandbox.id, memory)
 
         requeues: list[float] = []
-        acted = False
+        stopped = False  # starts refresh the cache themselves; stops need one
         for container in spec.get("containers") or ():
             name = container["name"]
             latest, now = current(name)
@@ -193,13 +193,12 @@ class PodSyncer:
                         policy, latest):
                     continue
                 delay = await self._start(pod, container, "app", latest, sandbox.id, memory)
-                acted = True
             elif now.state == "running":
                 probe = self.probes.state(uid, name)
                 if now.spec_hash != container_hash(container):
                     await self._stop_container(pod, now, grace=grace_period(pod),
                                                reason=f"Container {name} definition changed, will be restarted")
-                    acted = True
+                    stopped = True
                 elif probe is not None and probe.container_id == now.id and (probe.liveness_failed
                                                                               or probe.startup_failed):
                     which = "liveness" if probe.liveness_failed else "startup"
@@ -207,13 +206,12 @@ class PodSyncer:
                                 message=f"Container {name} failed {which} probe, will be restarted")
                     self.probes.forget_container(uid, name)
                     await self._stop_container(pod, now, grace=grace_period(pod), reason="")
-                    acted = True
+                    stopped = True
             elif now.state == "exited" and _should_restart(policy, now):
                 delay = await self._restart(pod, container, "app", now, sandbox.id, memory)
-                acted = True
             if delay is not None:
                 requeues.append(delay)
-        if acted:
+        if stopped:
             await self.cache.refresh()
         observed = self.cache.pod(uid)
         sandbox_now = observed.sandbox
