@@ -31,7 +31,8 @@ def _docker_ids(node: str) -> list[str]:
 def test_up_runs_a_node_that_runs_pods(tmp_path: Path) -> None:
     node = f"up-{uuid.uuid4().hex[:6]}"
     server = PodlingProcess(data_dir=tmp_path, command="up",
-                            args=("--node-name", node, "--address", "127.0.0.1")).start()
+                            args=("--node-name", node, "--address", "127.0.0.1", "--kubelet-port", "0",
+                                  "--metrics-listen", "127.0.0.1:0")).start()
     try:
         deadline = time.monotonic() + 20
         while server.kubectl("get", "node", node, check=False).returncode != 0 and time.monotonic() < deadline:

@@ -1,7 +1,7 @@
 """The ``podling`` command: one entry point, a subcommand per job.
 
 ``podling up`` runs every component in one process for a single machine; ``podling
-apiserver`` (and, as later issues add them, each other component) runs one alone. Bad flags
+apiserver|kubelet|scheduler|controller-manager`` runs one alone against a shared API server. Bad flags
 exit 2 with argparse's message naming the flag; nothing is started.
 """
 
@@ -50,7 +50,7 @@ def _kubelet_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
     p.add_argument("--root-dir", type=Path, help="where pod volumes live (default: DATA_DIR/kubelet)" if not alone
                    else "where pod volumes and the kubelet's certificate live (default /var/lib/podling/kubelet)")
     p.add_argument("--address", default="", help="the node's InternalIP (default: the address facing the API server)")
-    p.add_argument("--kubelet-port", type=int, default=0 if not alone else 10250, metavar="PORT",
+    p.add_argument("--kubelet-port", type=int, default=10250, metavar="PORT",
                    help="the kubelet's HTTPS port for logs and exec (default %(default)s; 0: any free port)")
     p.add_argument("--max-pods", type=int, default=110, help="pods this node takes (default %(default)s)")
     p.add_argument("--runtime", choices=["docker", "hollow"], default="docker",
@@ -113,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="scheduler profiles (plugins and weights) as YAML; default: one default-scheduler profile")
     for p in (up, manager):
         _controller_flags(p)
+    for p, port in ((up, 10257), (manager, 10257), (scheduler, 10259)):
+        p.add_argument("--metrics-listen", type=_listen, default=f"127.0.0.1:{port}", metavar="HOST:PORT",
+                       help="plain-HTTP /metrics of the scheduler and controller manager (default %(default)s)")
 
     validate = sub.add_parser("validate", help="validate manifest files offline against schemas/")
     validate.add_argument("paths", nargs="+", help="files or directories (read recursively)")
@@ -175,7 +178,7 @@ async def _api(client: ClientConfig, *, agent: str, stack: contextlib.AsyncExitS
 
 
 async def _start_controller_manager(args: argparse.Namespace, client: ClientConfig, key_file: Path | None,
-                                    stack: contextlib.AsyncExitStack) -> None:
+                                    stack: contextlib.AsyncExitStack) -> Any:
     from podling.controllers.base import ControllerOptions
     from podling.controllers.manager import ControllerManager, select
 
@@ -189,9 +192,10 @@ async def _start_controller_manager(args: argparse.Namespace, client: ClientConf
                                 controllers=select(args.controllers), workers=args.concurrent_syncs)
     await manager.start()
     stack.push_async_callback(manager.stop)
+    return manager.metrics.registry
 
 
-async def _start_scheduler(args: argparse.Namespace, client: ClientConfig, stack: contextlib.AsyncExitStack) -> None:
+async def _start_scheduler(args: argparse.Namespace, client: ClientConfig, stack: contextlib.AsyncExitStack) -> Any:
     from podling.scheduler.config import load_config
     from podling.scheduler.scheduler import Scheduler
 
@@ -199,6 +203,7 @@ async def _start_scheduler(args: argparse.Namespace, client: ClientConfig, stack
                           config=load_config(args.scheduler_config))
     await scheduler.start()
     stack.push_async_callback(scheduler.stop)
+    return scheduler.metrics.registry
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -207,16 +212,24 @@ async def _serve(args: argparse.Namespace) -> int:
             client = await _start_apiserver(args, stack)
         else:
             client = _client_config(args)
+        registries = []
         if args.command == "up":
-            await _start_controller_manager(args, client, args.data_dir.resolve() / "pki" / "sa.key", stack)
-            await _start_scheduler(args, client, stack)
+            registries.append(await _start_controller_manager(args, client, args.data_dir.resolve() / "pki" / "sa.key",
+                                                              stack))
+            registries.append(await _start_scheduler(args, client, stack))
             await _start_kubelet(args, client, args.data_dir / "kubelet", stack)
         elif args.command == "kubelet":
             await _start_kubelet(args, client, Path("/var/lib/podling/kubelet"), stack)
         elif args.command == "scheduler":
-            await _start_scheduler(args, client, stack)
+            registries.append(await _start_scheduler(args, client, stack))
         elif args.command == "controller-manager":
-            await _start_controller_manager(args, client, None, stack)
+            registries.append(await _start_controller_manager(args, client, None, stack))
+        if registries:
+            from podling.metrics_server import MetricsServer
+
+            metrics = MetricsServer(listen=args.metrics_listen, registries=registries)
+            await metrics.start()
+            stack.push_async_callback(metrics.stop)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
