@@ -1,0 +1,1 @@
+"""The GitOps operator: git source → render and validate → plan → apply, with webhooks."""
