@@ -173,3 +173,40 @@ class KubeletProcess(_Process):
                                  capture_output=True, text=True, check=True).stdout.split()
         if volumes:
             subprocess.run(["docker", "volume", "rm", "-f", *volumes], capture_output=True, check=False)
+
+
+class ControllerManagerProcess(_Process):
+    """A real ``podling controller-manager`` process against a running API server.
+
+    ``args`` are its flags (``--controllers``, shortened timeouts); it is started when it logs
+    that its controllers run (every informer synced), and serves /metrics on a free port.
+    """
+
+    def __init__(self, *, server: PodlingProcess, log_dir: Path, args: tuple[str, ...] = ()) -> None:
+        self.server = server
+        self.log_dir = log_dir
+        self.args = args
+        self.log = log_dir / "controller-manager.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 30.0) -> ControllerManagerProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        token_file = self.log_dir / "token"
+        token_file.write_text(self.server.token)
+        log = self.log.open("ab")
+        offset = log.tell()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "podling.cli.main", "controller-manager", "--server", self.server.url,
+             "--token-file", str(token_file), "--ca-file", str(self.server.ca_file),
+             "--metrics-listen", "127.0.0.1:0", *self.args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"podling controller-manager exited {self._proc.returncode}:\n{self.log.read_text()}")
+            if b"controller manager running:" in self.log.read_bytes()[offset:]:
+                return self
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"podling controller-manager did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)

@@ -581,11 +581,7 @@ def _mark_for_deletion(resource: Resource, obj: Obj, options: Obj) -> Obj | None
     metadata = obj["metadata"]
     if resource.kind == "Namespace" and metadata["name"] in _UNDELETABLE_NAMESPACES:
         raise errors.forbidden(resource, metadata["name"], "this namespace may not be deleted")
-    finalizers = list(metadata.get("finalizers") or [])
-    policy = "Orphan" if options.get("orphanDependents") is True else options.get("propagationPolicy")
-    extra = {"Foreground": "foregroundDeletion", "Orphan": "orphan"}.get(policy or "")
-    if extra and extra not in finalizers:
-        finalizers.append(extra)
+    finalizers = _gc_finalizers(resource, list(metadata.get("finalizers") or []), options)
     grace = _grace_period(resource, obj, options)
     if not finalizers and not grace and not _namespace_finalizers(resource, obj):
         return None
@@ -600,6 +596,26 @@ def _mark_for_deletion(resource: Resource, obj: Obj, options: Obj) -> Obj | None
     if resource.kind == "Namespace":
         marked.setdefault("status", {})["phase"] = "Terminating"
     return marked
+
+
+def _gc_finalizers(resource: Resource, finalizers: list[str], options: Obj) -> list[str]:
+    """``finalizers`` with the garbage collector's (``orphan``, ``foregroundDeletion``) set by the policy.
+
+    As kube-apiserver decides it: an explicit ``orphanDependents`` or ``propagationPolicy``
+    wins; without one, a GC finalizer already on the object stays; else the kind's default,
+    which is Background except for core/v1 ReplicationControllers (Orphan, for backwards
+    compatibility; apps/v1 kinds cascade). The two GC finalizers never appear together.
+    """
+    policy = options.get("propagationPolicy")
+    if options.get("orphanDependents") is not None:
+        policy = "Orphan" if options["orphanDependents"] else "Background"
+    if policy is None:
+        policy = next(({"orphan": "Orphan", "foregroundDeletion": "Foreground"}[f] for f in finalizers
+                       if f in ("orphan", "foregroundDeletion")),
+                      "Orphan" if resource.kind == "ReplicationController" else "Background")
+    kept = [f for f in finalizers if f not in ("orphan", "foregroundDeletion")]
+    extra = {"Foreground": "foregroundDeletion", "Orphan": "orphan"}.get(policy)
+    return [*kept, extra] if extra else kept
 
 
 def _namespace_finalizers(resource: Resource, obj: Obj) -> list[str]:
