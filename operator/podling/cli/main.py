@@ -1,7 +1,8 @@
 """The ``podling`` command: one entry point, a subcommand per job.
 
 ``podling up`` runs every component in one process for a single machine; ``podling
-apiserver|kubelet|scheduler|controller-manager`` runs one alone against a shared API server. Bad flags
+apiserver|kubelet|scheduler|controller-manager|operator`` runs one alone against a shared API
+server. Bad flags
 exit 2 with argparse's message naming the flag; nothing is started.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import socket
 import sys
@@ -97,12 +99,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="compact store history older than this (default %(default)s)")
     apiserver.add_argument("--token-auth-file", type=Path,
                            help="token,user,uid[,groups] CSV (default: DATA_DIR/tokens.csv, created if missing)")
+    apiserver.add_argument("--service-account-key-file", type=Path, metavar="FILE",
+                           help="PEM RSA public keys (or private keys, certificates) that verify service account "
+                                "tokens (default: DATA_DIR/pki/sa.pub, made with sa.key if missing)")
     _kubelet_flags(up, alone=False)
 
+    gitops = sub.add_parser("operator", help="run the GitOps operator against an API server")
     kubelet = sub.add_parser("kubelet", help="run a node's kubelet against an API server")
     scheduler = sub.add_parser("scheduler", help="run the scheduler against an API server")
     manager = sub.add_parser("controller-manager", help="run the controllers against an API server")
-    for p in (kubelet, scheduler, manager):
+    for p in (kubelet, scheduler, manager, gitops):
         p.add_argument("--server", help="the API server's URL, such as https://127.0.0.1:6443")
         p.add_argument("--token-file", type=Path, help="a file holding the bearer token to use")
         p.add_argument("--ca-file", type=Path, help="the CA certificate that signed the API server's")
@@ -113,6 +119,17 @@ def _parser() -> argparse.ArgumentParser:
                        help="scheduler profiles (plugins and weights) as YAML; default: one default-scheduler profile")
     for p in (up, manager):
         _controller_flags(p)
+    for p in (up, gitops):
+        p.add_argument("--operator-listen", type=_listen, default="127.0.0.1:8090", metavar="HOST:PORT",
+                       help="the operator's /api/webhook and /metrics (plain HTTP; default %(default)s)")
+        p.add_argument("--webhook-secret-file", type=Path, metavar="FILE",
+                       help="a file holding the global webhook secret (HMAC key, or GitLab's token)")
+    gitops.add_argument("--cache-dir", type=Path, default=Path("/var/lib/podling/gitops"),
+                        help="where git mirrors and checkouts live (default %(default)s)")
+    up.add_argument("--repo", metavar="PATH_OR_URL",
+                    help="create (or update) an Application syncing this git repository, automated with prune "
+                         "and selfHeal")
+    up.add_argument("--repo-path", default=".", metavar="DIR", help="the directory inside --repo (default %(default)s)")
     for p, port in ((up, 10257), (manager, 10257), (scheduler, 10259)):
         p.add_argument("--metrics-listen", type=_listen, default=f"127.0.0.1:{port}", metavar="HOST:PORT",
                        help="plain-HTTP /metrics of the scheduler and controller manager (default %(default)s)")
@@ -133,6 +150,7 @@ async def _start_apiserver(args: argparse.Namespace, stack: contextlib.AsyncExit
     cert, key = pki.ensure_serving_cert(data_dir / "pki", host=args.listen.rpartition(":")[0])
     server = RunningApiserver(config=Config(listen=args.listen, store=args.store, data_dir=data_dir,
                                             token_file=token_file, tls_cert=cert, tls_key=key,
+                                            service_account_key_file=getattr(args, "service_account_key_file", None),
                                             compaction_interval=args.compaction_interval))
     await server.start()
     stack.push_async_callback(server.stop)
@@ -206,6 +224,40 @@ async def _start_scheduler(args: argparse.Namespace, client: ClientConfig, stack
     return scheduler.metrics.registry
 
 
+async def _start_operator(args: argparse.Namespace, client: ClientConfig, cache_dir: Path,
+                          stack: contextlib.AsyncExitStack) -> Any:
+    from podling.gitops.operator import GitOpsOperator
+
+    secrets = [args.webhook_secret_file.read_text().strip()] if args.webhook_secret_file else []
+    operator = GitOpsOperator(api=await _api(client, agent="operator", stack=stack), cache_dir=cache_dir,
+                              listen=args.operator_listen, webhook_secrets=secrets)
+    await operator.start()
+    stack.push_async_callback(operator.stop)
+    return operator
+
+
+async def _ensure_application(client: ClientConfig, *, repo: str, path: str, stack: contextlib.AsyncExitStack) -> None:
+    """``podling up --repo``: one Application for the repository, automated with prune and selfHeal."""
+    from podling.client.http import is_not_found
+    from podling.gitops.operator import APPLICATIONS
+
+    local = Path(repo).expanduser()
+    repo_url = str(local.resolve()) if local.exists() else repo
+    name = re.sub(r"[^a-z0-9-]+", "-", Path(repo_url.rstrip("/")).name.removesuffix(".git").lower()).strip("-") or "app"
+    spec = {"source": {"repoURL": repo_url, "targetRevision": "HEAD", "path": path},
+            "destination": {"namespace": "default"},
+            "syncPolicy": {"automated": {"prune": True, "selfHeal": True}}}
+    api = await _api(client, agent="up", stack=stack)
+    try:
+        await api.patch(APPLICATIONS, namespace="default", name=name, body={"spec": spec})
+    except Exception as err:
+        if not is_not_found(err):
+            raise
+        await api.create(APPLICATIONS, {"apiVersion": APPLICATIONS.api_version, "kind": APPLICATIONS.kind,
+                                        "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+    logging.getLogger("podling").info("Application default/%s syncs %s (kubectl get applications)", name, repo_url)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     async with contextlib.AsyncExitStack() as stack:
         if args.command in ("up", "apiserver"):
@@ -218,6 +270,11 @@ async def _serve(args: argparse.Namespace) -> int:
                                                               stack))
             registries.append(await _start_scheduler(args, client, stack))
             await _start_kubelet(args, client, args.data_dir / "kubelet", stack)
+            await _start_operator(args, client, args.data_dir.resolve() / "gitops", stack)
+            if args.repo:
+                await _ensure_application(client, repo=args.repo, path=args.repo_path, stack=stack)
+        elif args.command == "operator":
+            await _start_operator(args, client, args.cache_dir, stack)
         elif args.command == "kubelet":
             await _start_kubelet(args, client, Path("/var/lib/podling/kubelet"), stack)
         elif args.command == "scheduler":
@@ -253,18 +310,30 @@ def main(argv: list[str] | None = None) -> int:
         from podling.cli import validate
 
         return validate.run(paths=args.paths)
-    if args.command in ("kubelet", "scheduler", "controller-manager"):
+    if args.command in ("kubelet", "scheduler", "controller-manager", "operator"):
         try:
             _client_config(args)
         except ConfigError as err:
             parser.error(str(err))
+    if args.command == "apiserver" and args.service_account_key_file:
+        from podling.api.tokens import load_public_keys
+
+        try:
+            load_public_keys(args.service_account_key_file)
+        except (OSError, ValueError) as err:
+            parser.error(f"--service-account-key-file: {err}")
     if args.command in ("up", "controller-manager"):
         from podling.controllers.manager import select
 
         try:
-            select(args.controllers)
+            chosen = select(args.controllers)
         except ValueError as err:
             parser.error(f"--controllers: {err}")
+        if args.command == "controller-manager" and "serviceaccount-token" in chosen \
+                and not args.service_account_private_key_file:
+            parser.error("the serviceaccount-token controller signs tokens with --service-account-private-key-file "
+                         "(the API server's DATA_DIR/pki/sa.key); give it, or leave the controller out "
+                         "(--controllers=*,-serviceaccount-token)")
     return asyncio.run(_serve(args))
 
 

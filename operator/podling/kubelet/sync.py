@@ -80,7 +80,8 @@ class _PodMemory:
     volumes: dict[str, Any] | None = None
     volumes_at: float = 0.0
     image_failed_at: dict[str, float] = dataclasses.field(default_factory=dict)
-    written: Obj | None = None
+    written: Obj | None = None  # the status last written ...
+    written_over: str | None = None  # ... when the cache held this resourceVersion of the pod
     running_seen: bool = False
 
 
@@ -419,11 +420,14 @@ class PodSyncer:
                 pod["metadata"].get("creationTimestamp") else None
             if created is not None and "kubernetes.io/config.source" not in meta.annotations(pod):
                 self.metrics.pod_start.observe(max(0.0, time.time() - created.timestamp()))
-        if new == memory.written or new == pod.get("status"):
+        if new == pod.get("status"):
             memory.written = new
             return
+        seen = (pod.get("metadata") or {}).get("resourceVersion")
+        if new == memory.written and seen == memory.written_over:
+            return  # written already; the cache has not caught up with our write yet
         await self.write_status(pod, new)
-        memory.written = new
+        memory.written, memory.written_over = new, seen
 
     # ---- termination -----------------------------------------------------------------------
 
