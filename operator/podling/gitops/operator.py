@@ -134,6 +134,9 @@ class _AppMemory:
     synced_sha: str = ""  # the revision the last automated sync attempt was for
     synced_ok: bool = False
     poll: asyncio.TimerHandle | None = None
+    fetch: bool = True  # the next reconcile asks git (a poll, push, webhook or spec change); drift does not
+    sha: str = ""  # the last revision resolved
+    revision: str = ""  # ... for this revision name
 
 
 class GitOpsOperator:
@@ -178,7 +181,7 @@ class GitOpsOperator:
         self._tasks.append(asyncio.get_running_loop().create_task(
             run_workers(self.queue, self._reconcile, workers=workers), name="gitops workers"))
         for app in self.apps.list():
-            self.queue.add(meta.object_key(app))
+            self._fetch(meta.object_key(app))
         log.info("GitOps operator running%s", f" (webhooks and metrics on http://{self.listen})" if self.listen else "")
 
     async def stop(self) -> None:
@@ -196,8 +199,13 @@ class GitOpsOperator:
 
     # ---- triggers --------------------------------------------------------------------------
 
+    def _fetch(self, key: str) -> None:
+        """Reconcile ``key`` asking git for the revision's commit again."""
+        self._memory.setdefault(key, _AppMemory()).fetch = True
+        self.queue.add(key)
+
     def _app_changed(self, app: Obj) -> None:
-        self.queue.add(meta.object_key(app))
+        self._fetch(meta.object_key(app))
         if self._watching:
             self.watcher.watch(self._repo_urls())
 
@@ -216,7 +224,7 @@ class GitOpsOperator:
     def _repo_moved(self, repo_url: str) -> None:
         for app in self.apps.list():
             if ((app.get("spec") or {}).get("source") or {}).get("repoURL") == repo_url:
-                self.queue.add(meta.object_key(app))
+                self._fetch(meta.object_key(app))
 
     def _repo_urls(self) -> list[str]:
         return [url for app in self.apps.list() if (url := ((app.get("spec") or {}).get("source") or {}).get("repoURL"))]
@@ -226,7 +234,7 @@ class GitOpsOperator:
         if memory.poll is not None:
             memory.poll.cancel()
         delay = interval * random.uniform(0.9, 1.1)  # jitter: apps polled together drift apart
-        memory.poll = asyncio.get_running_loop().call_later(delay, self.queue.add, key)
+        memory.poll = asyncio.get_running_loop().call_later(delay, self._fetch, key)
 
     # ---- one Application -------------------------------------------------------------------
 
@@ -242,14 +250,19 @@ class GitOpsOperator:
             last = (app.get("status") or {}).get("operationState") or {}
             if not last.get("id") and last.get("revision"):
                 memory.synced_sha, memory.synced_ok = last["revision"], last.get("phase") == "Succeeded"
-        self._poll_later(key, parse_interval(spec.get("interval")))
+        if memory.poll is None or memory.fetch:
+            self._poll_later(key, parse_interval(spec.get("interval")))
         status: Obj = {"observedGeneration": (app.get("metadata") or {}).get("generation")}
         request = _sync_request(app)
         if request is not None and request.get("id") == ((app.get("status") or {}).get("operationState") or {}).get("id"):
             request = None  # carried out already
         revision = (request or {}).get("revision") or source.get("targetRevision") or "HEAD"
         try:
-            sha = await self.source.resolve(repo_url=source.get("repoURL", ""), revision=revision)
+            if memory.fetch or not memory.sha or memory.revision != revision:
+                memory.fetch = False
+                memory.sha = await self.source.resolve(repo_url=source.get("repoURL", ""), revision=revision)
+                memory.revision = revision
+            sha = memory.sha
             tree = await self.source.checkout(repo_url=source.get("repoURL", ""), sha=sha)
         except SourceError as err:
             message = f"fetching {source.get('repoURL')} at {revision}: {err}"
@@ -456,7 +469,7 @@ class GitOpsOperator:
             repo_url=((app.get("spec") or {}).get("source") or {}).get("repoURL", ""),
             revision=((app.get("spec") or {}).get("source") or {}).get("targetRevision") or "HEAD")]
         for app in matched:
-            self.queue.add(meta.object_key(app))
+            self._fetch(meta.object_key(app))
         self.metrics.webhooks.labels(push.provider, "accepted").inc()
         return _answer(200, f"refreshing {len(matched)} application(s): "
                             + ", ".join(meta.object_key(a) for a in matched))
