@@ -277,3 +277,31 @@ def test_without_a_webhook_a_push_is_synced_within_the_poll_interval(
     assert time.monotonic() - started < 3 * 1.1 + 2  # the interval with its jitter, and a margin
     data = server.kubectl_json("get", "configmap", "polled", "-n", NS)["data"]
     assert data == {"color": "teal"}
+
+
+def _post(port: int, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/webhook", data=body, method="POST",
+                                     headers={"Content-Type": "application/json", **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_webhook_refuses_bad_requests(cluster: tuple[PodlingProcess, Repo, int]) -> None:
+    _, _, hook = cluster
+
+    def signed(body: bytes) -> str:
+        return "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+    assert _post(hook, b'{"ref": "refs/heads/main"}', {"X-GitHub-Event": "push"}) == 401  # no signature
+    assert _post(hook, b"{not json", {"X-GitHub-Event": "push", "X-Hub-Signature-256": signed(b"{not json")}) == 400
+    big = b'{"pad": "' + b"x" * (1024 * 1024) + b'"}'
+    assert _post(hook, big, {"X-GitHub-Event": "push", "X-Hub-Signature-256": signed(big)}) == 413
+    ping = b'{"zen": "Keep it logically awesome."}'
+    assert _post(hook, ping, {"X-GitHub-Event": "ping", "X-Hub-Signature-256": signed(ping)}) == 202
+    gitlab = json.dumps({"object_kind": "push", "ref": "refs/heads/main", "after": "0" * 40,
+                         "project": {"git_http_url": "git://elsewhere/x.git"}}).encode()
+    assert _post(hook, gitlab, {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "wrong"}) == 401
+    assert _post(hook, gitlab, {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": SECRET}) == 200
