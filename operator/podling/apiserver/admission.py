@@ -1,10 +1,12 @@
 """Admission: every create and update passes the same chain before it reaches the store.
 
 The chain runs mutating plugins first (defaults), then validating ones (schema, metadata,
-namespace lifecycle). A plugin either returns (possibly having mutated ``attrs.obj`` or
-added warnings) or raises a StatusError; a raised error means nothing is written. Plugins
-are objects with one ``admit`` coroutine so later issues (quota, limit ranges, service
-accounts) add entries to the chain without touching the storage code.
+namespace lifecycle), then the policy plugins that read other objects: service accounts
+(here), limit ranges (``limitranger``) and, last, resource quotas (``resourcequota``), which
+read them from the API server's watch-fed caches (``objectcache``). A plugin either returns
+(possibly having mutated ``attrs.obj`` or added warnings) or raises a StatusError; a raised
+error means nothing is written. Plugins are objects with one ``admit`` coroutine, so each
+policy is an entry in the chain and the storage code never changes for one.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ import asyncio
 import base64
 import dataclasses
 import re
+import secrets
 from typing import Any, Literal, Protocol
 
-from podling.api import errors, schema
+from podling.api import errors, schema, tokens
 from podling.api.defaults import apply_defaults
 from podling.api.resources import Resource, find
+from podling.apiserver.limitranger import LimitRanger
+from podling.apiserver.objectcache import Caches, ObjectCache
+from podling.apiserver.resourcequota import ResourceQuotaAdmission
 from podling.store.base import Compacted, Store
 
 Obj = dict[str, Any]
@@ -30,6 +36,10 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+DEFAULT_SERVICE_ACCOUNT = "default"
+SERVICE_ACCOUNT_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 
 # Kinds whose names must be DNS-1123 labels (63 chars, no dots) rather than subdomains.
 _LABEL_NAMED = frozenset({"Namespace", "Service"})
@@ -211,6 +221,100 @@ class NamespaceLifecycle:
             )
 
 
+class ServiceAccountAdmission:
+    """Pods run as a ServiceAccount, with its token mounted (Kubernetes' ServiceAccount plugin).
+
+    On pod create: ``spec.serviceAccountName`` defaults to ``default`` (``serviceAccount``
+    mirrors it); the account must exist, else 403 ``error looking up service account NS/NAME:
+    serviceaccount "NAME" not found``. Unless ``automountServiceAccountToken`` is false (the
+    pod's, else the account's), the account's token Secret is mounted read-only at
+    ``/var/run/secrets/kubernetes.io/serviceaccount`` (``token``, ``namespace``, ``ca.crt``) in
+    every container, init containers too, that mounts nothing there already: a ``secret``
+    volume named after the Secret, Kubernetes' layout before 1.24 (podling's kubelet mounts
+    secret volumes; projected token requests are not served). An account whose token the
+    token controller has not made yet is 500 ServerTimeout ``No API token found for service
+    account "NAME", retry after the token is automatically created and added to the service
+    account``, which controllers retry. Mirror pods (static pods) are left alone.
+
+    One difference from Kubernetes, on purpose: when the ``default`` account does not exist
+    (no controller manager runs the serviceaccount controller, as with a bare ``podling
+    apiserver`` and kubelets), the pod is admitted without a token and with a warning rather
+    than refused: the API server and kubelets stay useful without a controller manager.
+    Other accounts must exist.
+    """
+
+    def __init__(self, *, service_accounts: ObjectCache, token_secrets: ObjectCache) -> None:
+        self._service_accounts = service_accounts
+        self._token_secrets = token_secrets
+
+    async def admit(self, attrs: Attributes) -> None:
+        if attrs.resource.kind != "Pod" or attrs.operation != "CREATE" or attrs.subresource:
+            return
+        pod = attrs.obj
+        if MIRROR_ANNOTATION in ((pod.get("metadata") or {}).get("annotations") or {}):
+            return
+        spec = pod.setdefault("spec", {})
+        name = spec.get("serviceAccountName") or spec.get("serviceAccount") or DEFAULT_SERVICE_ACCOUNT
+        spec["serviceAccountName"] = spec["serviceAccount"] = name
+        namespace = attrs.namespace or ""
+        if name == DEFAULT_SERVICE_ACCOUNT:  # often absent (no controller manager): no store read each time
+            account = self._service_accounts.get(namespace, name)
+        else:
+            account = await self._service_accounts.fetch(namespace, name)
+        if account is None:
+            if name == DEFAULT_SERVICE_ACCOUNT:
+                attrs.warnings.append(f'serviceaccount "{namespace}/{name}" does not exist yet: '
+                                      "the pod runs without a service account token")
+                return
+            raise errors.forbidden(attrs.resource, attrs.name, f"error looking up service account {namespace}/{name}: "
+                                                               f'serviceaccount "{name}" not found')
+        automount = spec.get("automountServiceAccountToken")
+        if automount is None:
+            automount = account.get("automountServiceAccountToken")
+        if automount is False:
+            return
+        secret = await self._token_secret(account)
+        if not secret:
+            raise errors.StatusError(
+                code=500, reason="ServerTimeout",
+                message=f'No API token found for service account "{name}", retry after the token is '
+                        "automatically created and added to the service account",
+                details={"name": "create pod", "kind": "serviceaccounts", "retryAfterSeconds": 1})
+        _mount_token(spec, secret)
+
+    async def _token_secret(self, account: Obj) -> str:
+        """The first Secret the account references that holds a token of this account ("" if none)."""
+        metadata = account.get("metadata") or {}
+        for reference in account.get("secrets") or ():
+            secret = await self._token_secrets.fetch(metadata.get("namespace") or "", reference.get("name") or "")
+            if secret is None or not (secret.get("data") or {}).get("token"):
+                continue
+            annotations = (secret.get("metadata") or {}).get("annotations") or {}
+            if annotations.get(tokens.NAME_ANNOTATION) == metadata.get("name") \
+                    and annotations.get(tokens.UID_ANNOTATION) in (None, "", metadata.get("uid")):
+                return str(reference["name"])
+        return ""
+
+
+def _mount_token(spec: Obj, secret: str) -> None:
+    """Mount the token Secret at the service account path in every container (Kubernetes' layout)."""
+    volumes = spec.get("volumes") or []
+    volume = next((v.get("name") for v in volumes if (v.get("secret") or {}).get("secretName") == secret), None)
+    name = volume or secret
+    if volume is None and any(v.get("name") == name for v in volumes):
+        name = f"{secret}-{secrets.token_hex(3)[:5]}"
+    mounted = False
+    for container in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]:
+        mounts = container.get("volumeMounts") or []
+        if any(m.get("mountPath") == SERVICE_ACCOUNT_MOUNT_PATH for m in mounts):
+            continue
+        container["volumeMounts"] = [*mounts, {"name": name, "readOnly": True,
+                                                "mountPath": SERVICE_ACCOUNT_MOUNT_PATH}]
+        mounted = True
+    if mounted and volume is None:
+        spec["volumes"] = [*volumes, {"name": name, "secret": {"secretName": secret, "defaultMode": 0o644}}]
+
+
 class Chain:
     def __init__(self, *, plugins: list[Plugin]) -> None:
         self.plugins = plugins
@@ -230,5 +334,11 @@ class Chain:
             await plugin.admit(attrs)
 
 
-def default_chain(*, store: Store) -> Chain:
-    return Chain(plugins=[Defaulting(), SchemaValidation(), MetadataValidation(), NamespaceLifecycle(store=store)])
+def default_chain(*, store: Store, caches: Caches) -> Chain:
+    """The API server's chain; ResourceQuota last, so it counts what every other plugin decided."""
+    return Chain(plugins=[
+        Defaulting(), SchemaValidation(), MetadataValidation(), NamespaceLifecycle(store=store),
+        ServiceAccountAdmission(service_accounts=caches.service_accounts, token_secrets=caches.token_secrets),
+        LimitRanger(limit_ranges=caches.limit_ranges),
+        ResourceQuotaAdmission(store=store, resource_quotas=caches.resource_quotas),
+    ])

@@ -23,8 +23,8 @@ from ruamel.yaml import YAML, YAMLError
 from podling.api import errors, openapi, protobuf, tables
 from podling.api.resources import Resource, find
 from podling.apiserver import codec, discovery, routing
-from podling.apiserver.auth import (AllowAuthenticated, Authorizer, RequestAttributes, ServerIdentity, TokenFile,
-                                    User)
+from podling.apiserver.auth import (AllowAuthenticated, Authorizer, RequestAttributes, ServerIdentity,
+                                    TokenAuthenticator, User)
 from podling.apiserver.kubelets import KubeletProxy
 from podling.apiserver.metrics import ApiserverMetrics
 from podling.apiserver.storage import Storage, scale_of
@@ -48,7 +48,7 @@ class ApiServer:
         *,
         storage: Storage,
         metrics: ApiserverMetrics,
-        tokens: TokenFile | None,
+        tokens: TokenAuthenticator | None,
         authorizer: Authorizer | None = None,
     ) -> None:
         self.storage = storage
@@ -73,7 +73,7 @@ class ApiServer:
         start = time.perf_counter()
         verb, resource_label = request.method.lower(), ""
         try:
-            user = self._authenticate(request)
+            user = await self._authenticate(request)
             target = routing.parse(request.path)
             if target is None:
                 response = await self._non_resource(request)
@@ -93,22 +93,22 @@ class ApiServer:
         self.metrics.requests.labels(verb, resource_label, str(response.status)).inc()
         return response
 
-    def _authenticate(self, request: web.Request) -> User | None:
+    async def _authenticate(self, request: web.Request) -> User | None:
         if self.tokens is None or request.path in _PUBLIC_PATHS:
             return None
         authorization = request.headers.get("Authorization") or ""
         user = None
         if authorization.startswith("Bearer "):
-            user = self._lookup(authorization.removeprefix("Bearer ").strip())
+            user = await self._lookup(authorization.removeprefix("Bearer ").strip())
         if user is None:
             raise errors.unauthorized()
         return user
 
-    def _lookup(self, token: str) -> User | None:
-        """The user of a bearer token: this server's own identity, or one of the token file's."""
+    async def _lookup(self, token: str) -> User | None:
+        """The user of a bearer token: this server's own identity, or whom ``tokens`` says."""
         if self.identity.matches(token):
             return self.identity.user
-        return self.tokens.lookup(token) if self.tokens is not None else None
+        return await self.tokens.lookup(token) if self.tokens is not None else None
 
     # ---- non-resource paths ------------------------------------------------------------
 
@@ -173,7 +173,7 @@ class ApiServer:
         if sub in ("log", "exec"):
             raise errors.method_not_allowed(f"the server does not allow this method on pods/{sub}")
         if resource is _TOKEN_REVIEWS:
-            return _json(self._token_review(await _body(request)), status=201)
+            return _json(await self._token_review(await _body(request)), status=201)
         query = request.query
         dry_run = query.get("dryRun") == "All"
         if verb == "get":
@@ -216,7 +216,7 @@ class ApiServer:
                                                      dry_run=dry_run, field_validation=validation)
         return _json(scale_of(resource, obj) if sub == "scale" else obj, warnings=warnings)
 
-    def _token_review(self, review: Any) -> Obj:
+    async def _token_review(self, review: Any) -> Obj:
         """A TokenReview answered (never stored): who the token in ``spec.token`` belongs to."""
         if not isinstance(review, dict) or review.get("kind", "TokenReview") != "TokenReview":
             raise errors.bad_request("the request body must be an authentication.k8s.io/v1 TokenReview")
@@ -224,7 +224,7 @@ class ApiServer:
         token = spec.get("token") if isinstance(spec, dict) else None
         if not isinstance(token, str) or not token:
             raise errors.bad_request("token is required for TokenReview in authentication.k8s.io/v1")
-        user = self._lookup(token)
+        user = await self._lookup(token)
         status: Obj = {"authenticated": False, "user": {}}
         if user is not None:
             groups = [*user.groups, *(() if "system:authenticated" in user.groups else ("system:authenticated",))]

@@ -3,7 +3,12 @@
 Invariants: the built-in namespaces (default, kube-system, kube-public, kube-node-lease)
 exist whenever the server answers; history older than ``compaction_interval`` (5 minutes,
 as kube-apiserver) is compacted away in the background; ``stop()`` closes the listener,
-every watch and the store, in that order.
+every watch, the admission caches and the store, in that order.
+
+Service account tokens are verified with the RSA keys of ``service_account_key_file``
+(public or private keys, or certificates, as kube-apiserver's ``--service-account-key-file``),
+else with ``DATA_DIR/pki/sa.pub``, the pair ``DATA_DIR/pki/sa.key`` made on first start for
+the controller manager to sign with.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from podling.api import errors
+from podling.api import errors, tokens
 from podling.api.resources import RESOURCES, find
 from podling.apiserver import pki
 from podling.apiserver.admission import Chain, default_chain
 from podling.apiserver.app import ApiServer
-from podling.apiserver.auth import TokenFile
+from podling.apiserver.auth import Authenticator, ServiceAccountTokens, TokenFile
 from podling.apiserver.metrics import ApiserverMetrics, InstrumentedStore
+from podling.apiserver.objectcache import Caches
 from podling.apiserver.storage import Storage
 from podling.store.base import Store, open_store
 
@@ -39,6 +45,7 @@ class Config:
     token_file: Path | None = None
     tls_cert: Path | None = None  # None: plain HTTP (kubectl will not send tokens over it)
     tls_key: Path | None = None
+    service_account_key_file: Path | None = None  # None: DATA_DIR/pki/sa.pub (made with sa.key if missing)
     compaction_interval: float = 300.0
     count_interval: float = 30.0
 
@@ -51,6 +58,7 @@ class RunningApiserver:
         self.metrics = ApiserverMetrics()
         self.url = ""
         self._store: Store | None = None
+        self._caches: Caches | None = None
         self._admission: Chain | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -59,12 +67,17 @@ class RunningApiserver:
         config = self.config
         raw = await open_store(config.store, data_dir=str(config.data_dir) if config.data_dir else None)
         self._store = InstrumentedStore(store=raw, metrics=self.metrics)
-        self._admission = default_chain(store=self._store)
+        self._caches = Caches.over(self._store)
+        await self._caches.start()
+        self._admission = default_chain(store=self._store, caches=self._caches)
         await self._admission.start()
         storage = Storage(store=self._store, admission=self._admission)
         await _bootstrap(storage)
-        tokens = TokenFile.load(config.token_file) if config.token_file else None
-        server = ApiServer(storage=storage, metrics=self.metrics, tokens=tokens)
+        key_file = config.service_account_key_file
+        if key_file is None and config.data_dir is not None:
+            _, key_file = pki.ensure_service_account_key(config.data_dir / "pki")
+        server = ApiServer(storage=storage, metrics=self.metrics,
+                           tokens=self._authenticator(self._caches, key_file=key_file))
         self._runner = web.AppRunner(server.application(), handler_cancellation=True, access_log=None)
         await self._runner.setup()
         host, _, port = config.listen.rpartition(":")
@@ -83,6 +96,17 @@ class RunningApiserver:
         ]
         log.info("apiserver serving on %s (store %s)", self.url, config.store)
 
+    def _authenticator(self, caches: Caches, *, key_file: Path | None) -> Authenticator | None:
+        """Token file users and service accounts; None (no authentication) without a token file."""
+        if self.config.token_file is None:
+            return None
+        service_accounts = None
+        if key_file is not None:
+            service_accounts = ServiceAccountTokens(keys=tokens.load_public_keys(key_file),
+                                                    service_accounts=caches.service_accounts,
+                                                    secrets=caches.token_secrets)
+        return Authenticator(token_file=TokenFile.load(self.config.token_file), service_accounts=service_accounts)
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -91,6 +115,8 @@ class RunningApiserver:
             await self._runner.cleanup()
         if self._admission is not None:
             await self._admission.stop()
+        if self._caches is not None:
+            await self._caches.stop()
         if self._store is not None:
             await self._store.close()
 
