@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from podling.cli import kubeconfig
+from podling.cli import app, kubeconfig
 from podling.client.config import ClientConfig, ConfigError, from_flags, load_kubeconfig
 
 
@@ -136,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="validate manifest files offline against schemas/")
     validate.add_argument("paths", nargs="+", help="files or directories (read recursively)")
+    app.add_commands(sub)
     return parser
 
 
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         from podling.cli import validate
 
         return validate.run(paths=args.paths)
+    if args.command in app.COMMANDS:
+        return app.run(args)
     if args.command in ("kubelet", "scheduler", "controller-manager", "operator"):
         try:
             _client_config(args)
