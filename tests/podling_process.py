@@ -210,3 +210,59 @@ class ControllerManagerProcess(_Process):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"podling controller-manager did not start:\n{self.log.read_text()}")
             time.sleep(0.1)
+
+
+def _free_port() -> int:
+    import socket  # here, so this file's earlier part stays as it was
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class SchedulerProcess(_Process):
+    """A real ``podling scheduler`` process against a running API server.
+
+    ``args`` are its flags (``--scheduler-config``); it is started when it has logged that it
+    is ready (its informers synced) and its /metrics on ``metrics_port`` answers.
+    """
+
+    def __init__(self, *, server: PodlingProcess, log_dir: Path, args: tuple[str, ...] = ()) -> None:
+        self.server = server
+        self.log_dir = log_dir
+        self.args = args
+        self.log = log_dir / "scheduler.log"
+        self.metrics_port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 30.0) -> SchedulerProcess:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        token_file = self.log_dir / "token"
+        token_file.write_text(self.server.token)
+        self.metrics_port = _free_port()
+        log = self.log.open("ab")
+        offset = log.tell()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "podling.cli.main", "scheduler", "--server", self.server.url,
+             "--token-file", str(token_file), "--ca-file", str(self.server.ca_file),
+             "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.args],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"podling scheduler exited {self._proc.returncode}:\n{self.log.read_text()}")
+            if b"scheduler ready:" in self.log.read_bytes()[offset:]:
+                try:  # /metrics opens just after the scheduler is ready
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/healthz", timeout=5).close()
+                    return self
+                except OSError:
+                    pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"podling scheduler did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def metrics(self) -> str:
+        """Its /metrics page (Prometheus text)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            return response.read().decode()
