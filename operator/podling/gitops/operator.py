@@ -149,8 +149,7 @@ class GitOpsOperator:
         self.recorder = EventRecorder(api, component="podling-operator")
         self.informers = InformerFactory(api)
         self.apps = self.informers.informer(APPLICATIONS)
-        self.apps.add_handlers(on_add=self._app_changed, on_update=lambda old, new: self._app_changed(new),
-                               on_delete=self._app_deleted)
+        self.apps.add_handlers(on_add=self._app_changed, on_update=self._app_updated, on_delete=self._app_deleted)
         self.tracked: list[Informer] = []
         for resource in RESOURCES:
             if resource.plural in _NOT_TRACKED or not {"list", "watch"} <= set(resource.verbs):
@@ -208,6 +207,14 @@ class GitOpsOperator:
         self._fetch(meta.object_key(app))
         if self._watching:
             self.watcher.watch(self._repo_urls())
+
+    def _app_updated(self, old: Obj, new: Obj) -> None:
+        """A new spec or annotation (refresh, sync request) is a trigger; our own status writes are not."""
+        before, after = dict(meta.annotations(old)), dict(meta.annotations(new))
+        if REFRESH_ANNOTATION not in after:  # our own removal of a refresh we carried out
+            before.pop(REFRESH_ANNOTATION, None)
+        if old.get("spec") != new.get("spec") or before != after:
+            self._app_changed(new)
 
     def _app_deleted(self, app: Obj) -> None:
         memory = self._memory.pop(meta.object_key(app), None)
@@ -276,7 +283,7 @@ class GitOpsOperator:
             message = f"revision {sha[:12]} is not valid, nothing was applied:\n" + "\n".join(shown) + (
                 f"\n… and {more} more" if more > 0 else "")
             status["sync"] = {"status": "OutOfSync", "revision": sha}
-            await self._failed(app, status, condition="InvalidManifest", message=message, request=request)
+            await self._failed(app, status, condition="InvalidManifest", message=message, request=request, sha=sha)
             return
 
         objects = [d.obj for d in rendered.objects]
@@ -391,7 +398,8 @@ class GitOpsOperator:
             entries.append(entry(key_of(obj), obj, in_sync=False, message="requires pruning"))
         return sorted(entries, key=lambda e: (e["kind"], e["namespace"], e["name"]))
 
-    async def _failed(self, app: Obj, status: Obj, *, condition: str, message: str, request: Obj | None) -> None:
+    async def _failed(self, app: Obj, status: Obj, *, condition: str, message: str, request: Obj | None,
+                      sha: str = "") -> None:
         name = meta.name(app)
         self.metrics.syncs.labels(name, "Error").inc()
         self._event(app, type="Warning", reason=condition, message=message)
@@ -400,8 +408,9 @@ class GitOpsOperator:
                                    .get("revision", "")})
         if request is not None:
             now = meta.now_rfc3339()
-            status["operationState"] = {"id": request["id"], "phase": "Error", "message": message,
-                                        "revision": request.get("revision") or "", "startedAt": now, "finishedAt": now}
+            status["operationState"] = {"id": request["id"], "phase": "Error", "message": message, "result": None,
+                                        "revision": sha or request.get("revision") or "", "startedAt": now,
+                                        "finishedAt": now}
         await self._write(app, status)
 
     async def _write(self, app: Obj, status: Obj) -> None:
@@ -419,11 +428,13 @@ class GitOpsOperator:
                               health_status=status["health"]["status"], revision=sync.get("revision", ""))
         for verdict in ("Synced", "OutOfSync"):
             self.metrics.objects.labels(name, verdict).set(sum(1 for e in entries if e.get("status") == verdict))
-        if {**old, **status} == old:
-            return
         try:
-            await self.api.patch(APPLICATIONS, namespace=meta.namespace(app), name=name, subresource="status",
-                                 body={"status": status})
+            if {**old, **status} != old:
+                await self.api.patch(APPLICATIONS, namespace=meta.namespace(app), name=name, subresource="status",
+                                     body={"status": status})
+            if REFRESH_ANNOTATION in meta.annotations(app):  # done: the CLI waits for it to go, as Argo CD's
+                await self.api.patch(APPLICATIONS, namespace=meta.namespace(app), name=name,
+                                     body={"metadata": {"annotations": {REFRESH_ANNOTATION: None}}})
         except ApiError as err:
             if not is_not_found(err):
                 raise
