@@ -12,10 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -298,3 +300,19 @@ def test_a_limit_range_fills_in_defaults_and_bounds_containers(api: PodlingProce
     assert defaulted["status"]["qosClass"] == "Burstable"
     big = create(api, pod("big", ns, resources={"limits": {"cpu": "2"}}), check=False)
     assert 'pods "big" is forbidden: maximum cpu usage per Container is 1, but limit is 2' in big.stderr
+
+
+# ---- flags -------------------------------------------------------------------------------------
+
+
+def test_key_flags_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-key.pem"
+    bad.write_text("hello\n")
+    apiserver = subprocess.run([sys.executable, "-m", "podling.cli.main", "apiserver", "--data-dir", str(tmp_path),
+                                "--service-account-key-file", str(bad)], capture_output=True, text=True, timeout=30)
+    assert apiserver.returncode == 2
+    assert f"--service-account-key-file: {bad}: no PEM public key, private key or certificate in it" in apiserver.stderr
+    manager = subprocess.run([sys.executable, "-m", "podling.cli.main", "controller-manager",
+                              "--server", "https://127.0.0.1:1", "--controllers=serviceaccount-token"],
+                             capture_output=True, text=True, timeout=30)
+    assert manager.returncode == 2 and "--service-account-private-key-file" in manager.stderr
