@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ruamel.yaml import YAML, YAMLError
 
 from podling.api import errors, openapi, protobuf, tables
+from podling.api.open_streams import OpenStreams
 from podling.api.resources import Resource, find
 from podling.apiserver import codec, discovery, routing
 from podling.apiserver.auth import (AllowAuthenticated, Authorizer, RequestAttributes, ServerIdentity,
@@ -57,6 +58,7 @@ class ApiServer:
         self.authorizer = authorizer or AllowAuthenticated()
         self.identity = ServerIdentity.generate()  # what this server shows kubelets; in memory only
         self.kubelets = KubeletProxy(storage=storage, token=self.identity.token)
+        self._watches = OpenStreams()
 
     def application(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
@@ -65,7 +67,9 @@ class ApiServer:
         return app
 
     async def _shutdown(self, app: web.Application) -> None:
-        await self.kubelets.close()  # log follows and execs would otherwise hold the shutdown open
+        # Watches, log follows and execs would otherwise hold the shutdown open for its timeout.
+        await self._watches.close()
+        await self.kubelets.close()
 
     # ---- entry point -------------------------------------------------------------------
 
@@ -165,7 +169,7 @@ class ApiServer:
             raise errors.forbidden(resource, name, f'User "{user.name}" cannot {verb} resource "{resource.plural}"')
         if routing.verb(request.method, target, watch=_flag(request, "watch")) is None or (
                 not sub and verb not in resource.verbs):
-            raise errors.method_not_allowed(f"the server does not allow this method on the requested resource")
+            raise errors.method_not_allowed("the server does not allow this method on the requested resource")
         if sub == "log" and verb == "get":
             return await self.kubelets.logs(request, namespace=namespace or "", name=name)
         if sub == "exec" and verb in ("get", "create"):
@@ -258,6 +262,11 @@ class ApiServer:
                       "items": items})
 
     async def _watch(self, request: web.Request, resource: Resource, namespace: str | None, name: str) -> web.StreamResponse:
+        with self._watches.track():  # shutdown ends open watches rather than waiting for them
+            return await self._watch_stream(request, resource, namespace, name)
+
+    async def _watch_stream(self, request: web.Request, resource: Resource, namespace: str | None,
+                            name: str) -> web.StreamResponse:
         query = request.query
         field_selector = query.get("fieldSelector", "")
         if name:  # legacy /watch/.../NAME
