@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from podling_process import KubeletProcess, PodlingProcess, SchedulerProcess
 
@@ -36,8 +37,9 @@ profiles:
 
 
 class Cluster:
-    def __init__(self, api: PodlingProcess, hollow: list[str], tiny: str) -> None:
+    def __init__(self, api: PodlingProcess, scheduler: SchedulerProcess, hollow: list[str], tiny: str) -> None:
         self.api = api
+        self.scheduler = scheduler
         self.hollow = hollow  # pool=hollow
         self.tiny = tiny  # pool=tiny, --max-pods 1
 
@@ -64,7 +66,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         api.kubectl("label", "node", kubelets[3].node_name, "pool=tiny")
         api.kubectl("create", "namespace", NS)
         scheduler.start()
-        yield Cluster(api, hollow, kubelets[3].node_name)
+        yield Cluster(api, scheduler, hollow, kubelets[3].node_name)
     finally:
         for process in [scheduler, *kubelets]:
             try:
@@ -239,6 +241,25 @@ def test_pods_of_one_replica_set_spread_across_nodes(cluster: Cluster) -> None:
         create(api, spec)
     placed = [bound_to(api, f"spread-{i}") for i in range(6)]
     assert sorted(placed.count(node) for node in cluster.hollow) == [2, 2, 2]
+
+
+def test_metrics_count_attempts_by_result_and_profile_and_pending_pods_by_queue(cluster: Cluster) -> None:
+    families = {family.name: family for family in text_string_to_metric_families(cluster.scheduler.metrics())}
+
+    def value(name: str, **labels: str) -> float:
+        return sum(sample.value for sample in families[name].samples
+                   if all(sample.labels.get(k) == v for k, v in labels.items()) and not sample.name.endswith("_created"))
+
+    attempts = "podling_scheduler_schedule_attempts"
+    assert value(attempts, result="scheduled", profile="default-scheduler") >= 15
+    assert value(attempts, result="scheduled", profile="second-scheduler") == 1
+    assert value(attempts, result="unschedulable", profile="default-scheduler") >= 3
+    assert value("podling_scheduler_scheduling_attempt_duration_seconds", result="scheduled") > 0  # _sum and _count
+    assert value("podling_scheduler_pending_pods", queue="unschedulable") == 1  # tiny-2 still waits
+    assert {s.labels["queue"] for s in families["podling_scheduler_pending_pods"].samples} == \
+        {"active", "backoff", "unschedulable", "gated"}
+    assert "podling_scheduler_plugin_execution_duration_seconds" in families
+    assert "podling_scheduler_scheduling_algorithm_duration_seconds" in families
 
 
 def test_a_bad_configuration_is_refused_with_file_line_and_field(cluster: Cluster, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ def verdict(plugin_class: type, pod_obj: Obj, node_obj: Obj, *, bound: tuple[Obj
         return f"pre: {pre.message}"
     node_info = cache.node(node_obj["metadata"]["name"])
     assert isinstance(node_info, NodeInfo)
-    status = plugin.filter(state, info, node_info)
+    (status,) = plugin.filter(state, info, [node_info])
     return None if status is None else status.message
 
 
@@ -168,7 +168,7 @@ def test_a_deleted_pod_frees_its_port() -> None:
     state: dict[str, Any] = {}
     assert plugin.pre_filter(state, info) is None
     node_info = cache.node("n1")
-    assert node_info is not None and plugin.filter(state, info, node_info) is None
+    assert node_info is not None and plugin.filter(state, info, [node_info]) == [None]
 
 
 # ---- NodeAffinity --------------------------------------------------------------------------------
@@ -327,8 +327,8 @@ def test_a_shortage_is_unschedulable_where_a_mismatch_is_unresolvable() -> None:
     info = pod_info(pod("p", cpu="2"))
     node_info = cache.node("n1")
     assert node_info is not None
-    status = NodeResourcesFit(handle).filter({}, info, node_info)
+    (status,) = NodeResourcesFit(handle).filter({}, info, [node_info])
     assert status is not None and status.code is Code.UNSCHEDULABLE
     selective = pod_info(pod("p", nodeSelector={"disk": "ssd"}))
-    status = NodeAffinity(handle).filter({}, selective, node_info)
+    (status,) = NodeAffinity(handle).filter({}, selective, [node_info])
     assert status is not None and status.code is Code.UNRESOLVABLE

@@ -66,6 +66,20 @@ def test_the_best_node_wins() -> None:
     assert isinstance(result, Placement) and result.node == "idle" and result.feasible == 3
 
 
+def test_many_pods_of_one_size_fill_the_emptiest_nodes_first() -> None:
+    cache, handle = cluster(node("a", cpu="4", memory="4Gi"), node("b", cpu="4", memory="4Gi"))
+    framework = build_framework(default_profile(), handle=handle, percentage=0)
+    for i in range(8):  # what nodes remember between cycles must follow each placement
+        info = pod_info(pod(f"p{i}", cpu="1", memory="1Gi"))
+        result = framework.schedule(info, cache.nodes)
+        assert isinstance(result, Placement)
+        cache.assume(info, result.node)
+    assert [len(n.pods) for n in cache.nodes] == [4, 4]
+    result = framework.schedule(pod_info(pod("extra", cpu="1", memory="1Gi")), cache.nodes)
+    assert isinstance(result, FitError) and result.message == (
+        "0/2 nodes are available: 2 Insufficient cpu, 2 Insufficient memory.")
+
+
 def test_weights_decide_between_plugins() -> None:
     preferred = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
         {"weight": 1, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}}

@@ -105,6 +105,12 @@ def test_selector_spread_weighs_zones_two_thirds() -> None:
     assert scores(SelectorSpread, pod("p", owner="web"), nodes, bound=bound) == [0, 33, 100]
 
 
+def test_selector_spread_with_the_pods_outside_any_zone() -> None:
+    nodes = [node("n1", labels={"topology.kubernetes.io/zone": "a"}), node("n2")]
+    bound = (pod("x", node_name="n2", owner="web"),)
+    assert scores(SelectorSpread, pod("p", owner="web"), nodes, bound=bound) == [100, 0]
+
+
 def test_node_affinity_scores_the_weights_of_matching_preferred_terms() -> None:
     nodes = [node("n1", labels={"disk": "ssd"}), node("n2", labels={"disk": "ssd", "zone": "a"}), node("n3")]
     preferred = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [

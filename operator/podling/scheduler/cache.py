@@ -14,8 +14,8 @@ Invariants:
   a NodeInfo for a node the informer has not shown (pods bound to an unknown node) or no
   longer shows is kept for its pods but is not in the list.
 * Cluster-wide counters (nodes that can turn a pod away as unschedulable or not ready,
-  nodes with NoSchedule/NoExecute or PreferNoSchedule taints, claims in use) let plugins
-  skip a check for a cycle when no node could fail it.
+  nodes with NoSchedule/NoExecute or PreferNoSchedule taints, nodes in zones, claims in
+  use) let plugins skip work for a cycle when no node could make a difference.
 * Spreading groups of a pod are its controller's uid and every Service in its namespace
   whose selector matches it; when a Service changes, the groups of the bound pods of its
   namespace are computed again.
@@ -44,6 +44,7 @@ class Cache:
         self.unschedulable_nodes = 0  # spec.unschedulable or not Ready
         self.hard_tainted_nodes = 0
         self.prefer_tainted_nodes = 0
+        self.zoned_nodes = 0  # nodes with a zone or region label
 
     # ---- nodes ---------------------------------------------------------------------------
 
@@ -78,6 +79,7 @@ class Cache:
         self.unschedulable_nodes += sign * (info.unschedulable or info.condition_taint is not None)
         self.hard_tainted_nodes += sign * bool(info.hard_taints)
         self.prefer_tainted_nodes += sign * bool(info.prefer_taints)
+        self.zoned_nodes += sign * bool(info.zone)
 
     # ---- pods ----------------------------------------------------------------------------
 

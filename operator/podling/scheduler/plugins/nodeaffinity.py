@@ -33,9 +33,10 @@ class NodeAffinity:
             return SKIP
         return None
 
-    def filter(self, state: CycleState, pod: PodInfo, node: NodeInfo) -> Status | None:
-        assert pod.affinity is not None
-        return None if pod.affinity.required_matches(node) else unresolvable(ERR_REASON)
+    def filter(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[Status | None]:
+        affinity = pod.affinity
+        assert affinity is not None
+        return [None if affinity.required_matches(node) else unresolvable(ERR_REASON) for node in nodes]
 
     def pre_score(self, state: CycleState, pod: PodInfo) -> Status | None:
         return None if pod.affinity is not None and pod.affinity.preferred else SKIP

@@ -6,6 +6,8 @@ Kubernetes, so a profile's filters mean the same wherever they are evaluated.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from podling.scheduler.framework import NODE_ADD, SKIP, CycleState, Handle, Status, unresolvable
 from podling.scheduler.info import NodeInfo, PodInfo
 
@@ -22,5 +24,5 @@ class NodeName:
     def pre_filter(self, state: CycleState, pod: PodInfo) -> Status | None:
         return SKIP if not pod.node_name else None
 
-    def filter(self, state: CycleState, pod: PodInfo, node: NodeInfo) -> Status | None:
-        return None if node.name == pod.node_name else unresolvable(ERR_REASON)
+    def filter(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[Status | None]:
+        return [None if node.name == pod.node_name else unresolvable(ERR_REASON) for node in nodes]

@@ -13,20 +13,21 @@ BalancedAllocation: ``(1 − |cpu fraction − memory fraction| / 2) × 100`` wi
 added (fractions capped at 1, plain requests), so nodes whose cpu and memory fill evenly
 win; skipped for a pod that requests nothing.
 
-Both scores depend only on the node's sums and the pod's size, so they are kept in the
-node's memo: a stream of pods of one size recomputes them only for the nodes that changed.
+The fit and both scores depend only on the node's sums and the pod's size, so they are
+kept in the node's memo: a stream of pods of one size recomputes them only for the nodes
+that changed since the last cycle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from podling.scheduler.framework import (MAX_NODE_SCORE, NODE_ADD, NODE_UPDATE, POD_DELETE, SKIP, CycleState,
-                                         Handle, Status, unschedulable)
+                                         Handle, Status, memoized, unschedulable)
 from podling.scheduler.info import NodeInfo, PodInfo
 
 
-def _reasons(pod: PodInfo, node: NodeInfo) -> list[str]:
+def fits(pod: PodInfo, node: NodeInfo) -> Status | None:
     reasons = []
     if len(node.pods) + 1 > node.allocatable_pods:
         reasons.append("Too many pods")
@@ -34,7 +35,7 @@ def _reasons(pod: PodInfo, node: NodeInfo) -> list[str]:
         reasons.append("Insufficient cpu")
     if pod.memory and pod.memory > node.allocatable_memory - node.requested_memory:
         reasons.append("Insufficient memory")
-    return reasons
+    return unschedulable(*reasons) if reasons else None
 
 
 def least_allocated(requested_cpu: int, allocatable_cpu: int, requested_memory: int, allocatable_memory: int) -> int:
@@ -60,17 +61,6 @@ def balanced_allocation(requested_cpu: int, allocatable_cpu: int, requested_memo
     return int((1 - abs(deviation)) * MAX_NODE_SCORE)
 
 
-def _memoized(key: tuple[object, ...], nodes: Sequence[NodeInfo], compute: Callable[[NodeInfo], int]) -> list[int]:
-    """Each node's score under ``key`` (the plugin and the pod's size), computed only for nodes that changed."""
-    scores = [node.memo.get(key) for node in nodes]
-    if None in scores:
-        for index, score in enumerate(scores):
-            if score is None:
-                node = nodes[index]
-                scores[index] = node.memo[key] = compute(node)
-    return scores  # type: ignore[return-value]  # no None is left
-
-
 class NodeResourcesFit:
     name = "NodeResourcesFit"
     events = frozenset({NODE_ADD, NODE_UPDATE, POD_DELETE})
@@ -81,20 +71,15 @@ class NodeResourcesFit:
     def pre_filter(self, state: CycleState, pod: PodInfo) -> Status | None:
         return None
 
-    def filter(self, state: CycleState, pod: PodInfo, node: NodeInfo) -> Status | None:
-        cpu, memory = pod.cpu, pod.memory
-        if (len(node.pods) < node.allocatable_pods
-                and (not cpu or cpu <= node.allocatable_cpu - node.requested_cpu)
-                and (not memory or memory <= node.allocatable_memory - node.requested_memory)):
-            return None
-        return unschedulable(*_reasons(pod, node))
+    def filter(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[Status | None]:
+        return memoized(f"NodeResourcesFit/filter:{pod.cpu}:{pod.memory}", nodes, lambda node: fits(pod, node))
 
     def pre_score(self, state: CycleState, pod: PodInfo) -> Status | None:
         return None
 
     def score(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[int]:
         cpu, memory = pod.nonzero_cpu, pod.nonzero_memory
-        return _memoized((self.name, cpu, memory), nodes, lambda node: least_allocated(
+        return memoized(f"NodeResourcesFit/score:{cpu}:{memory}", nodes, lambda node: least_allocated(
             node.nonzero_cpu + cpu, node.allocatable_cpu, node.nonzero_memory + memory, node.allocatable_memory))
 
 
@@ -109,5 +94,5 @@ class NodeResourcesBalancedAllocation:
 
     def score(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[int]:
         cpu, memory = pod.cpu, pod.memory
-        return _memoized((self.name, cpu, memory), nodes, lambda node: balanced_allocation(
+        return memoized(f"{self.name}:{cpu}:{memory}", nodes, lambda node: balanced_allocation(
             node.requested_cpu + cpu, node.allocatable_cpu, node.requested_memory + memory, node.allocatable_memory))

@@ -9,6 +9,8 @@ cluster sees for such a node.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from podling.scheduler.framework import NODE_ADD, NODE_UPDATE, SKIP, CycleState, Handle, Status, unresolvable
 from podling.scheduler.info import UNSCHEDULABLE, NodeInfo, PodInfo, Taint, tolerated
 
@@ -30,10 +32,14 @@ class NodeUnschedulable:
     def pre_filter(self, state: CycleState, pod: PodInfo) -> Status | None:
         return SKIP if not self.cache.unschedulable_nodes else None
 
-    def filter(self, state: CycleState, pod: PodInfo, node: NodeInfo) -> Status | None:
-        if node.unschedulable and not tolerated(pod.tolerations, _CORDON):
-            return unresolvable(ERR_UNSCHEDULABLE)
-        taint = node.condition_taint
-        if taint is not None and not tolerated(pod.tolerations, taint):
-            return unresolvable(untolerated_taint_reason(taint))
-        return None
+    def filter(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[Status | None]:
+        return [fits(pod, node) for node in nodes]
+
+
+def fits(pod: PodInfo, node: NodeInfo) -> Status | None:
+    if node.unschedulable and not tolerated(pod.tolerations, _CORDON):
+        return unresolvable(ERR_UNSCHEDULABLE)
+    taint = node.condition_taint
+    if taint is not None and not tolerated(pod.tolerations, taint):
+        return unresolvable(untolerated_taint_reason(taint))
+    return None

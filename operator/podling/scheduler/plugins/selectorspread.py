@@ -40,17 +40,21 @@ class SelectorSpread:
         else:
             counts = [max(node.groups.get(group, 0) for group in groups) for node in nodes]
         highest = max(counts)
+        if not highest:
+            return [MAX_NODE_SCORE] * len(counts)
+        node_scores = [MAX_NODE_SCORE * (highest - count) // highest for count in counts]
+        if not self.cache.zoned_nodes:
+            return node_scores
         by_zone: dict[str, int] = {}
         for node, count in zip(nodes, counts):
             if node.zone:
                 by_zone[node.zone] = by_zone.get(node.zone, 0) + count
-        node_scores = [MAX_NODE_SCORE * (highest - count) / highest if highest else float(MAX_NODE_SCORE)
-                       for count in counts]
         if not by_zone:
-            return [int(score) for score in node_scores]
+            return node_scores
         zone_highest = max(by_zone.values())
         scores = []
-        for node, score in zip(nodes, node_scores):
+        for node, count in zip(nodes, counts):
+            score = MAX_NODE_SCORE * (highest - count) / highest
             if node.zone:
                 zone_score = (MAX_NODE_SCORE * (zone_highest - by_zone[node.zone]) / zone_highest
                               if zone_highest else float(MAX_NODE_SCORE))

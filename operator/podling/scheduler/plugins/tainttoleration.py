@@ -29,11 +29,8 @@ class TaintToleration:
     def pre_filter(self, state: CycleState, pod: PodInfo) -> Status | None:
         return SKIP if not self.cache.hard_tainted_nodes else None
 
-    def filter(self, state: CycleState, pod: PodInfo, node: NodeInfo) -> Status | None:
-        for taint in node.hard_taints:
-            if not tolerated(pod.tolerations, taint):
-                return unresolvable(untolerated_taint_reason(taint))
-        return None
+    def filter(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[Status | None]:
+        return [fits(pod, node) if node.hard_taints else None for node in nodes]
 
     def pre_score(self, state: CycleState, pod: PodInfo) -> Status | None:
         if not self.cache.prefer_tainted_nodes:
@@ -45,3 +42,10 @@ class TaintToleration:
         tolerations = state[_PREFER]
         counts = [sum(1 for taint in node.prefer_taints if not tolerated(tolerations, taint)) for node in nodes]
         return default_normalize(counts, reverse=True)
+
+
+def fits(pod: PodInfo, node: NodeInfo) -> Status | None:
+    for taint in node.hard_taints:
+        if not tolerated(pod.tolerations, taint):
+            return unresolvable(untolerated_taint_reason(taint))
+    return None

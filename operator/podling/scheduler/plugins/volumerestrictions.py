@@ -9,6 +9,8 @@ any node is tried, with the API's not-found message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from podling.scheduler.framework import (CLAIM_CHANGE, NODE_ADD, POD_DELETE, SKIP, CycleState, Handle, Status,
                                          unresolvable, unschedulable)
 from podling.scheduler.info import NodeInfo, PodInfo
@@ -40,8 +42,14 @@ class VolumeRestrictions:
         state[_CONFLICT] = conflict
         return None
 
-    def filter(self, state: CycleState, pod: PodInfo, node: NodeInfo) -> Status | None:
-        for other in node.disk_pods.values():
-            if other.key != pod.key and any(mine.conflicts(theirs) for mine in pod.disks for theirs in other.disks):
-                return unschedulable(ERR_DISK_CONFLICT)
-        return unschedulable(ERR_READ_WRITE_ONCE_POD) if state[_CONFLICT] else None
+    def filter(self, state: CycleState, pod: PodInfo, nodes: Sequence[NodeInfo]) -> list[Status | None]:
+        claim_conflict = unschedulable(ERR_READ_WRITE_ONCE_POD) if state[_CONFLICT] else None
+        return [fits(pod, node) or claim_conflict for node in nodes]
+
+
+def fits(pod: PodInfo, node: NodeInfo) -> Status | None:
+    """The disk conflicts of ``pod`` with the pods on ``node``."""
+    for other in node.disk_pods.values():
+        if other.key != pod.key and any(mine.conflicts(theirs) for mine in pod.disks for theirs in other.disks):
+            return unschedulable(ERR_DISK_CONFLICT)
+    return None
