@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from podling.api.resources import Resource, find
 from podling.client.events import EventRecorder
 from podling.client.http import ApiClient
 from podling.client.informer import InformerFactory
@@ -97,3 +99,54 @@ class Context:
                 histogram.observe(time.perf_counter() - start)
 
         return timed
+
+
+def resource(group: str, version: str, plural: str) -> Resource:
+    """The resource table's entry (a controller's kinds are always served)."""
+    found = find(group=group, version=version, plural=plural)
+    assert found is not None, plural
+    return found
+
+
+Obj = dict[str, Any]
+
+
+class OwnWrites:
+    """Objects written by this controller whose new version the informer has not shown yet.
+
+    A reconcile reading such an object from the cache would act on the version before its own
+    write (and earn a 409 Conflict). The write's watch event requeues the key, so the reconcile
+    can simply wait for it. Objects are told apart by uid; versions by the resourceVersion
+    before the write, compared for equality only (resourceVersions are opaque).
+    """
+
+    def __init__(self) -> None:
+        self._before: dict[str, set[str]] = {}  # uid -> the resourceVersions our writes replaced
+
+    def wrote(self, before: Obj, after: Obj) -> None:
+        old, new = _resource_version(before), _resource_version(after)
+        if old and new and old != new:  # a write that changed nothing brings no event to wait for
+            self._before.setdefault(_uid(before), set()).add(old)
+
+    def behind(self, cached: Obj) -> bool:
+        """True while the cache holds the version this controller overwrote."""
+        if not self._before:
+            return False
+        replaced = self._before.get(_uid(cached))
+        if replaced is None:
+            return False
+        if _resource_version(cached) in replaced:
+            return True
+        del self._before[_uid(cached)]  # every version since ours is newer than all we replaced
+        return False
+
+    def forget(self, obj: Obj) -> None:
+        self._before.pop(_uid(obj), None)
+
+
+def _uid(obj: Obj) -> str:
+    return (obj.get("metadata") or {}).get("uid") or ""
+
+
+def _resource_version(obj: Obj) -> str:
+    return (obj.get("metadata") or {}).get("resourceVersion") or ""

@@ -51,26 +51,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from podling.api import meta, selectors
-from podling.api.resources import Resource, find
 from podling.client.http import ApiClient, ApiError, is_already_exists, is_not_found
 from podling.client.informer import Informer
 from podling.client.workqueue import run_workers
-from podling.controllers.base import Context
+from podling.controllers.base import Context, OwnWrites, resource
 
 log = logging.getLogger("podling.controllers.deployment")
 
 Obj = dict[str, Any]
 
 
-def _resource(group: str, version: str, plural: str) -> Resource:
-    resource = find(group=group, version=version, plural=plural)
-    assert resource is not None, plural
-    return resource
-
-
-DEPLOYMENTS = _resource("apps", "v1", "deployments")
-REPLICA_SETS = _resource("apps", "v1", "replicasets")
-PODS = _resource("", "v1", "pods")
+DEPLOYMENTS = resource("apps", "v1", "deployments")
+REPLICA_SETS = resource("apps", "v1", "replicasets")
+PODS = resource("", "v1", "pods")
 
 HASH_LABEL = "pod-template-hash"
 REVISION = "deployment.kubernetes.io/revision"
@@ -584,36 +577,6 @@ def stuck_requeue(d: Obj, status: Obj, *, now: float) -> float | None:
         return None
     after = _seconds(current.get("lastUpdateTime")) + int(_spec(d)["progressDeadlineSeconds"]) - now
     return max(after, 0.0) + 1.0
-
-
-class OwnWrites:
-    """Objects written by this controller whose new version the informer has not shown yet
-    (by uid: the resourceVersion each write replaced, compared for equality only)."""
-
-    def __init__(self) -> None:
-        self._before: dict[str, set[str]] = {}  # uid -> the resourceVersions our writes replaced
-
-    def wrote(self, before: Obj, after: Obj) -> None:
-        old, new = _resource_version(before), _resource_version(after)
-        if old and new and old != new:  # a write that changed nothing brings no event to wait for
-            self._before.setdefault(_uid(before), set()).add(old)
-
-    def behind(self, cached: Obj) -> bool:
-        """True while the cache holds the version this controller overwrote."""
-        replaced = self._before.get(_uid(cached)) if self._before else None
-        if replaced is None:
-            return False
-        if _resource_version(cached) in replaced:
-            return True
-        del self._before[_uid(cached)]  # every version since ours is newer than all we replaced
-        return False
-
-    def forget(self, obj: Obj) -> None:
-        self._before.pop(_uid(obj), None)
-
-
-def _resource_version(obj: Obj) -> str:
-    return (obj.get("metadata") or {}).get("resourceVersion") or ""
 
 
 # ---- the controller ------------------------------------------------------------------------

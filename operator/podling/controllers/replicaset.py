@@ -50,26 +50,20 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal
 
 from podling.api import meta, selectors
-from podling.api.resources import Resource, find
+from podling.api.resources import Resource
 from podling.client.http import ApiError, is_not_found
 from podling.client.informer import Informer
 from podling.client.workqueue import run_workers
-from podling.controllers.base import Context
+from podling.controllers.base import Context, OwnWrites, resource
 
 log = logging.getLogger("podling.controllers.replicaset")
 
 Obj = dict[str, Any]
 
 
-def _resource(group: str, version: str, plural: str) -> Resource:
-    resource = find(group=group, version=version, plural=plural)
-    assert resource is not None, plural
-    return resource
-
-
-PODS = _resource("", "v1", "pods")
-REPLICA_SETS = _resource("apps", "v1", "replicasets")
-REPLICATION_CONTROLLERS = _resource("", "v1", "replicationcontrollers")
+PODS = resource("", "v1", "pods")
+REPLICA_SETS = resource("apps", "v1", "replicasets")
+REPLICATION_CONTROLLERS = resource("", "v1", "replicationcontrollers")
 
 BURST_REPLICAS = 500  # pods created or deleted by one reconcile at most
 SLOW_START_INITIAL_BATCH = 1
@@ -309,47 +303,6 @@ async def slow_start_batch(count: int, *, initial: int, call: Callable[[], Await
         remaining -= batch
         batch = min(2 * batch, remaining)
     return successes, None
-
-
-class OwnWrites:
-    """Objects written by this controller whose new version the informer has not shown yet.
-
-    A reconcile reading such an object from the cache would act on the version before its own
-    write (and earn a 409 Conflict). The write's watch event requeues the key, so the reconcile
-    can simply wait for it. Objects are told apart by uid; versions by the resourceVersion
-    before the write, compared for equality only (resourceVersions are opaque).
-    """
-
-    def __init__(self) -> None:
-        self._before: dict[str, set[str]] = {}  # uid -> the resourceVersions our writes replaced
-
-    def wrote(self, before: Obj, after: Obj) -> None:
-        old, new = _resource_version(before), _resource_version(after)
-        if old and new and old != new:  # a write that changed nothing brings no event to wait for
-            self._before.setdefault(_uid(before), set()).add(old)
-
-    def behind(self, cached: Obj) -> bool:
-        """True while the cache holds the version this controller overwrote."""
-        if not self._before:
-            return False
-        replaced = self._before.get(_uid(cached))
-        if replaced is None:
-            return False
-        if _resource_version(cached) in replaced:
-            return True
-        del self._before[_uid(cached)]  # every version since ours is newer than all we replaced
-        return False
-
-    def forget(self, obj: Obj) -> None:
-        self._before.pop(_uid(obj), None)
-
-
-def _uid(obj: Obj) -> str:
-    return (obj.get("metadata") or {}).get("uid") or ""
-
-
-def _resource_version(obj: Obj) -> str:
-    return (obj.get("metadata") or {}).get("resourceVersion") or ""
 
 
 # ---- the controller ------------------------------------------------------------------------
