@@ -13,18 +13,17 @@ import base64
 import json
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess
+from waiting import wait_for
 
-T = TypeVar("T")
 IMAGE = "podling/busybox:1.35"
 MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 
@@ -67,16 +66,6 @@ def ns(api: PodlingProcess) -> str:
     api.kubectl("create", "namespace", name)
     return name
 
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw: {last!r}")
 
 
 def get(api: PodlingProcess, *args: str) -> dict[str, Any] | None:

@@ -14,14 +14,14 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess
+from waiting import wait_for
 
-T = TypeVar("T")
 NS = "rollouts"
 IMAGE = "podling/busybox:1.35"
 NEW_IMAGE = "podling/busybox:latest"
@@ -61,16 +61,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         kubelet.remove_containers()
         api.stop()
 
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw: {last!r}")
 
 
 def serving_pod_spec(spec: dict[str, Any], node: str) -> None:

@@ -17,14 +17,14 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess, SchedulerProcess, _Process
+from waiting import wait_for
 
-T = TypeVar("T")
 IMAGE = "podling/busybox:1.35"
 GRACE = 6  # --node-monitor-grace-period: seconds of kubelet silence before a node is Unknown
 HEARTBEAT = ("--node-status-update-frequency", "1", "--node-lease-renew-interval", "1")
@@ -67,16 +67,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         docker.remove_containers()
         api.stop()
 
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.25) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw: {last!r}")
 
 
 def apply(api: PodlingProcess, *objs: dict[str, Any]) -> None:

@@ -16,13 +16,13 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from podling_process import KubeletProcess, PodlingProcess
+from waiting import wait_for
 
-T = TypeVar("T")
 NS = "kubelet-e2e"
 IMAGE = "podling/busybox:1.35"
 
@@ -56,16 +56,6 @@ def api(cluster: tuple[PodlingProcess, KubeletProcess]) -> PodlingProcess:
 def kubelet(cluster: tuple[PodlingProcess, KubeletProcess]) -> KubeletProcess:
     return cluster[1]
 
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw: {last!r}")
 
 
 def apply(api: PodlingProcess, obj: dict[str, Any]) -> None:

@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from podling_process import KubeletProcess, PodlingProcess, SchedulerProcess
+from waiting import wait_for
 
-T = TypeVar("T")
 Obj = dict[str, Any]
 NS = "sched-e2e"
 CONFIG = """\
@@ -75,16 +75,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 pass
         api.stop()
 
-
-def wait_for(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw: {last!r}")
 
 
 def create(api: PodlingProcess, obj: Obj) -> None:
@@ -248,7 +238,8 @@ def test_metrics_count_attempts_by_result_and_profile_and_pending_pods_by_queue(
 
     def value(name: str, **labels: str) -> float:
         return sum(sample.value for sample in families[name].samples
-                   if all(sample.labels.get(k) == v for k, v in labels.items()) and not sample.name.endswith("_created"))
+                   if all(sample.labels.get(k) == v for k, v in labels.items())
+                   and not sample.name.endswith("_created"))
 
     attempts = "podling_scheduler_schedule_attempts"
     assert value(attempts, result="scheduled", profile="default-scheduler") >= 15
