@@ -39,6 +39,7 @@ MAX_NODE_SCORE = 100
 MIN_FEASIBLE_NODES = 100  # kube-scheduler's minFeasibleNodesToFind
 MIN_FEASIBLE_PERCENTAGE = 5  # minFeasibleNodesPercentageToFind
 NO_NODES_MESSAGE = "no nodes available to schedule pods"  # kube-scheduler's ErrNoNodesAvailable
+MEMO_ENTRIES = 64  # what a node's memo may hold before it is emptied
 SAMPLE_PERCENT = 10  # cycles whose plugin durations are measured (kube-scheduler's pluginMetricsSamplePercent)
 
 CycleState = dict[str, Any]
@@ -122,8 +123,10 @@ def memoized(key: str, nodes: Sequence[NodeInfo], compute: Callable[[NodeInfo], 
     if _MISSING in values:
         for index, value in enumerate(values):
             if value is _MISSING:
-                node = nodes[index]
-                values[index] = node.memo[key] = compute(node)
+                memo = nodes[index].memo
+                if len(memo) >= MEMO_ENTRIES:  # many kinds of pods and a node that never changes
+                    memo.clear()
+                values[index] = memo[key] = compute(nodes[index])
     return values
 
 
@@ -235,7 +238,7 @@ class Framework:
         if not nodes:
             return FitError(nodes=0)
         state: CycleState = {}
-        filters: list[tuple[str, Callable[..., Status | None]]] = []
+        filters: list[tuple[str, Callable[..., list[Status | None]]]] = []
         for plugin in self.filters:
             pre = timer.wrap(plugin.name, "PreFilter", plugin.pre_filter) if timer else plugin.pre_filter
             status = pre(state, pod)
@@ -275,7 +278,7 @@ class Framework:
 
 
 def _find_feasible(state: CycleState, pod: PodInfo, nodes: Iterable[NodeInfo],
-                   filters: Sequence[tuple[str, Callable[..., Status | None]]], limit: int,
+                   filters: Sequence[tuple[str, Callable[..., list[Status | None]]]], limit: int,
                    timer: PluginTimer | None) -> tuple[list[NodeInfo], dict[str, tuple[Status, str]], int]:
     """(feasible nodes, up to ``limit``; rejected node -> (status, plugin); nodes evaluated).
 

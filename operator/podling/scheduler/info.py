@@ -12,6 +12,8 @@ Invariants:
   the sum), plus ``spec.overhead``. A container without a request asks for 0 in the fit;
   the ``nonzero_*`` figures used by scoring count such a container as 100m CPU and 200 MiB,
   as kube-scheduler does, so empty pods still spread.
+* Objects are read as the API client hands them out: plain dicts and lists (``isinstance``
+  checks are against ``dict``, which is much cheaper than the ``Mapping`` ABC on this path).
 * A :class:`NodeInfo` holds one node and the aggregates of the pods on it (requests,
   pod count, host ports, spreading groups, disks). Only :meth:`NodeInfo.add` and
   :meth:`NodeInfo.remove` change the aggregates, always together with ``pods``, so the
@@ -100,13 +102,13 @@ def tolerated(tolerations: Iterable[Toleration], taint: Taint) -> bool:
 
 def _taints(spec: Mapping[str, Any]) -> tuple[Taint, ...]:
     return tuple(Taint(str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or ""))
-                 for t in spec.get("taints") or () if isinstance(t, Mapping))
+                 for t in spec.get("taints") or () if isinstance(t, dict))
 
 
 def _tolerations(spec: Mapping[str, Any]) -> tuple[Toleration, ...]:
     return tuple(Toleration(str(t.get("key") or ""), str(t.get("operator") or ""), str(t.get("value") or ""),
                             str(t.get("effect") or ""))
-                 for t in spec.get("tolerations") or () if isinstance(t, Mapping))
+                 for t in spec.get("tolerations") or () if isinstance(t, dict))
 
 
 # ---- node affinity -----------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def _requirements(expressions: Any, *, path: str, fields: bool) -> tuple[selecto
     out = []
     for index, expression in enumerate(expressions or ()):
         where = f"{path}[{index}]"
-        if not isinstance(expression, Mapping):
+        if not isinstance(expression, dict):
             raise selectors.ParseError(f"{where}: not an object")
         operator = _NODE_OPERATORS.get(expression.get("operator"))
         key = expression.get("key") or ""
@@ -159,7 +161,7 @@ def _requirements(expressions: Any, *, path: str, fields: bool) -> tuple[selecto
 
 
 def node_selector_term(term: Any, *, path: str) -> NodeSelectorTerm:
-    if not isinstance(term, Mapping):
+    if not isinstance(term, dict):
         return NodeSelectorTerm((), ())
     return NodeSelectorTerm(
         _requirements(term.get("matchExpressions"), path=f"{path}.matchExpressions", fields=False),
@@ -197,7 +199,7 @@ def _node_affinity(spec: Mapping[str, Any]) -> NodeAffinity | None:
     preferred = []
     for i, item in enumerate(affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or ()):
         path = f"{base}.preferredDuringSchedulingIgnoredDuringExecution[{i}].preference"
-        if isinstance(item, Mapping) and int(item.get("weight") or 0):
+        if isinstance(item, dict) and int(item.get("weight") or 0):
             preferred.append((int(item["weight"]), node_selector_term(item.get("preference"), path=path)))
     return NodeAffinity(selector, required, tuple(preferred))
 
@@ -234,11 +236,11 @@ class Disk:
 def _disks(volumes: Iterable[Any]) -> tuple[Disk, ...]:
     disks = []
     for volume in volumes:
-        if not isinstance(volume, Mapping):
+        if not isinstance(volume, dict):
             continue
         for kind in _DISK_SOURCES:
             source = volume.get(kind)
-            if not isinstance(source, Mapping):
+            if not isinstance(source, dict):
                 continue
             read_only = bool(source.get("readOnly"))
             monitors: frozenset[str] = frozenset()
@@ -284,7 +286,7 @@ def _requests(spec: Mapping[str, Any]) -> tuple[int, int, int, int]:
     """(cpu, memory, nonzero cpu, nonzero memory) of Kubernetes' PodRequests (see the module doc)."""
 
     def of(container: Any) -> tuple[int, int, int, int]:
-        requests = ((container.get("resources") or {}).get("requests") or {}) if isinstance(container, Mapping) else {}
+        requests = ((container.get("resources") or {}).get("requests") or {}) if isinstance(container, dict) else {}
         cpu = _amount(requests, "cpu", milli=True)
         memory = _amount(requests, "memory", milli=False)
         return (cpu or 0, memory or 0, DEFAULT_MILLI_CPU if cpu is None else cpu,
@@ -300,7 +302,7 @@ def _requests(spec: Mapping[str, Any]) -> tuple[int, int, int, int]:
     init_peak = (0, 0, 0, 0)
     for container in spec.get("initContainers") or ():
         own = of(container)
-        if isinstance(container, Mapping) and container.get("restartPolicy") == "Always":
+        if isinstance(container, dict) and container.get("restartPolicy") == "Always":
             total = add(total, own)
             sidecars = add(sidecars, own)
             running = sidecars
@@ -318,12 +320,12 @@ def _requests(spec: Mapping[str, Any]) -> tuple[int, int, int, int]:
 
 def _host_ports(spec: Mapping[str, Any]) -> tuple[HostPort, ...]:
     containers = [*(spec.get("containers") or ()),
-                  *(c for c in spec.get("initContainers") or () if isinstance(c, Mapping)
+                  *(c for c in spec.get("initContainers") or () if isinstance(c, dict)
                     and c.get("restartPolicy") == "Always")]
     ports = []
     for container in containers:
-        for port in (container.get("ports") or ()) if isinstance(container, Mapping) else ():
-            host_port = int(port.get("hostPort") or 0) if isinstance(port, Mapping) else 0
+        for port in (container.get("ports") or ()) if isinstance(container, dict) else ():
+            host_port = int(port.get("hostPort") or 0) if isinstance(port, dict) else 0
             if host_port > 0:
                 ports.append(HostPort(str(port.get("hostIP") or "0.0.0.0"), str(port.get("protocol") or "TCP"),
                                       host_port))
@@ -341,7 +343,7 @@ def pod_info(pod: Obj) -> PodInfo:
         affinity, affinity_error = None, str(err)
     volumes = spec.get("volumes") or ()
     claims = tuple(f"{namespace}/{v['persistentVolumeClaim'].get('claimName')}" for v in volumes
-                   if isinstance(v, Mapping) and isinstance(v.get("persistentVolumeClaim"), Mapping))
+                   if isinstance(v, dict) and isinstance(v.get("persistentVolumeClaim"), dict))
     owner = meta.controller_of(pod)
     return PodInfo(
         pod=pod, key=f"{namespace}/{metadata.get('name') or ''}", uid=metadata.get("uid") or "",

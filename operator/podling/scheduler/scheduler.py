@@ -48,7 +48,7 @@ from podling.scheduler.queue import QueuedPod, SchedulingQueue
 log = logging.getLogger("podling.scheduler")
 
 Obj = dict[str, Any]
-BINDS_IN_FLIGHT = 64
+BINDS_IN_FLIGHT = 96  # the API client pools 100 connections: the rest carry events and status writes
 EVENTS_QUEUED = 1000  # client-go's maxQueuedEvents
 EVENTS_QPS, EVENTS_BURST = 50.0, 100  # kube-scheduler's default client rate, which its events go through
 YIELD_EVERY = 0.002  # seconds of scheduling before the loop lets bindings and watches run
