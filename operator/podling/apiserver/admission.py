@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 from podling.api import errors, schema, tokens
 from podling.api.defaults import apply_defaults
 from podling.api.resources import Resource, find
+from podling.apiserver.allocator import ServiceAllocator, ServiceRanges
 from podling.apiserver.limitranger import LimitRanger
 from podling.apiserver.objectcache import Caches, ObjectCache
 from podling.apiserver.resourcequota import ResourceQuotaAdmission
@@ -321,12 +322,12 @@ class Chain:
 
     async def start(self) -> None:
         for plugin in self.plugins:
-            if isinstance(plugin, NamespaceLifecycle):
+            if isinstance(plugin, (NamespaceLifecycle, ServiceAllocator)):
                 await plugin.start()
 
     async def stop(self) -> None:
         for plugin in self.plugins:
-            if isinstance(plugin, NamespaceLifecycle):
+            if isinstance(plugin, (NamespaceLifecycle, ServiceAllocator)):
                 await plugin.stop()
 
     async def admit(self, attrs: Attributes) -> None:
@@ -334,11 +335,16 @@ class Chain:
             await plugin.admit(attrs)
 
 
-def default_chain(*, store: Store, caches: Caches) -> Chain:
-    """The API server's chain; ResourceQuota last, so it counts what every other plugin decided."""
+def default_chain(*, store: Store, caches: Caches, service_ranges: ServiceRanges = ServiceRanges()) -> Chain:
+    """The API server's chain; ResourceQuota last, so it counts what every other plugin decided.
+
+    Service ClusterIPs and NodePorts are allocated (``allocator``) once the object is known
+    to be valid, just before quota.
+    """
     return Chain(plugins=[
         Defaulting(), SchemaValidation(), MetadataValidation(), NamespaceLifecycle(store=store),
         ServiceAccountAdmission(service_accounts=caches.service_accounts, token_secrets=caches.token_secrets),
         LimitRanger(limit_ranges=caches.limit_ranges),
+        ServiceAllocator(store=store, ranges=service_ranges),
         ResourceQuotaAdmission(store=store, resource_quotas=caches.resource_quotas),
     ])

@@ -25,6 +25,7 @@ from podling.api import errors, tokens
 from podling.api.resources import RESOURCES, find
 from podling.apiserver import pki
 from podling.apiserver.admission import Chain, default_chain
+from podling.apiserver.allocator import DEFAULT_CLUSTER_IP_RANGE, DEFAULT_NODE_PORT_RANGE, ServiceRanges
 from podling.apiserver.app import ApiServer
 from podling.apiserver.auth import Authenticator, ServiceAccountTokens, TokenFile
 from podling.apiserver.metrics import ApiserverMetrics, InstrumentedStore
@@ -48,6 +49,8 @@ class Config:
     service_account_key_file: Path | None = None  # None: DATA_DIR/pki/sa.pub (made with sa.key if missing)
     compaction_interval: float = 300.0
     count_interval: float = 30.0
+    service_cluster_ip_range: str = DEFAULT_CLUSTER_IP_RANGE  # where Services' clusterIPs come from
+    service_node_port_range: str = DEFAULT_NODE_PORT_RANGE  # where their nodePorts come from
 
 
 class RunningApiserver:
@@ -69,7 +72,8 @@ class RunningApiserver:
         self._store = InstrumentedStore(store=raw, metrics=self.metrics)
         self._caches = Caches.over(self._store)
         await self._caches.start()
-        self._admission = default_chain(store=self._store, caches=self._caches)
+        self._admission = default_chain(store=self._store, caches=self._caches, service_ranges=ServiceRanges(
+            cluster_ip_range=config.service_cluster_ip_range, node_port_range=config.service_node_port_range))
         await self._admission.start()
         storage = Storage(store=self._store, admission=self._admission)
         await _bootstrap(storage)

@@ -1,7 +1,7 @@
 """The ``podling`` command: one entry point, a subcommand per job.
 
 ``podling up`` runs every component in one process for a single machine; ``podling
-apiserver|kubelet|scheduler|controller-manager|operator`` runs one alone against a shared API
+apiserver|kubelet|scheduler|controller-manager|dns|operator`` runs one alone against a shared API
 server. Bad flags
 exit 2 with argparse's message naming the flag; nothing is started.
 """
@@ -65,6 +65,51 @@ def _kubelet_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
                    help="how often the node's Lease in kube-node-lease is renewed (default %(default)s)")
     p.add_argument("--pod-network", default="podling", help="the Docker bridge network pods join (default %(default)s)")
     p.add_argument("--pod-subnet", default="10.88.0.0/16", help="its subnet, created if missing (default %(default)s)")
+    p.add_argument("--resolv-conf", type=Path, default=Path("/etc/resolv.conf"), metavar="FILE",
+                   help="the resolver configuration of pods with dnsPolicy Default (default %(default)s)")
+
+
+def _ip_list(value: str) -> tuple[str, ...]:
+    import ipaddress
+
+    try:
+        return tuple(str(ipaddress.IPv4Address(ip.strip())) for ip in value.split(",") if ip.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected IPv4 addresses separated by commas: {err}") from None
+
+
+def _cluster_dns_flags(p: argparse.ArgumentParser, *, server: bool) -> None:
+    """Cluster DNS: what pods' resolv.conf says (kubelet) and where the DNS server listens (``server``)."""
+    p.add_argument("--cluster-dns", type=_ip_list, default="10.88.128.10", metavar="IP[,IP]",
+                   help="the cluster DNS Service's ClusterIP: the nameserver of pods with dnsPolicy ClusterFirst "
+                        "('' for none: they get the node's resolv.conf) (default %(default)s)")
+    p.add_argument("--cluster-domain", default="cluster.local", help="the cluster's DNS domain (default %(default)s)")
+    if server:
+        p.add_argument("--dns-listen", type=_listen, action="append", metavar="HOST:PORT",
+                       help="where the DNS server answers, on UDP and TCP (repeatable; the first is kube-dns's "
+                            "endpoint; default 10.88.0.1:53, the pod network's gateway, bound once it exists)")
+
+
+def _service_range_flags(p: argparse.ArgumentParser) -> None:
+    from podling.apiserver.allocator import (DEFAULT_CLUSTER_IP_RANGE, DEFAULT_NODE_PORT_RANGE,
+                                             parse_cluster_ip_range, parse_node_port_range)
+
+    def checked(parse: Any) -> Any:
+        def check(value: str) -> str:
+            try:
+                parse(value)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+            return value
+        return check
+
+    p.add_argument("--service-cluster-ip-range", type=checked(parse_cluster_ip_range),
+                   default=DEFAULT_CLUSTER_IP_RANGE, metavar="CIDR",
+                   help="where Services' clusterIPs come from (default %(default)s)")
+    p.add_argument("--service-node-port-range", type=checked(parse_node_port_range),
+                   default=DEFAULT_NODE_PORT_RANGE, metavar="FIRST-LAST",
+                   help="where Services' nodePorts come from (default %(default)s)")
+
 
 
 def _controller_flags(p: argparse.ArgumentParser) -> None:
@@ -97,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="sqlite (DATA_DIR/podling.db), sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT]")
         p.add_argument("--compaction-interval", type=_seconds, default=300.0, metavar="SECONDS",
                        help="compact store history older than this (default %(default)s)")
+        _service_range_flags(p)
     apiserver.add_argument("--token-auth-file", type=Path,
                            help="token,user,uid[,groups] CSV (default: DATA_DIR/tokens.csv, created if missing)")
     apiserver.add_argument("--service-account-key-file", type=Path, metavar="FILE",
@@ -108,12 +154,16 @@ def _parser() -> argparse.ArgumentParser:
     kubelet = sub.add_parser("kubelet", help="run a node's kubelet against an API server")
     scheduler = sub.add_parser("scheduler", help="run the scheduler against an API server")
     manager = sub.add_parser("controller-manager", help="run the controllers against an API server")
-    for p in (kubelet, scheduler, manager, gitops):
+    dns = sub.add_parser("dns", help="run the cluster DNS server against an API server")
+    for p in (kubelet, scheduler, manager, gitops, dns):
         p.add_argument("--server", help="the API server's URL, such as https://127.0.0.1:6443")
         p.add_argument("--token-file", type=Path, help="a file holding the bearer token to use")
         p.add_argument("--ca-file", type=Path, help="the CA certificate that signed the API server's")
         p.add_argument("--kubeconfig", type=Path, help="a kubeconfig instead of --server/--token-file/--ca-file")
     _kubelet_flags(kubelet, alone=True)
+    _cluster_dns_flags(kubelet, server=False)
+    _cluster_dns_flags(up, server=True)
+    _cluster_dns_flags(dns, server=True)
     for p in (up, scheduler):
         p.add_argument("--scheduler-config", type=Path, metavar="FILE",
                        help="scheduler profiles (plugins and weights) as YAML; default: one default-scheduler profile")
@@ -134,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--metrics-listen", type=_listen, default=f"127.0.0.1:{port}", metavar="HOST:PORT",
                        help="plain-HTTP /metrics of the scheduler and controller manager (default %(default)s)")
 
+    dns.add_argument("--metrics-listen", type=_listen, default="127.0.0.1:9153", metavar="HOST:PORT",
+                     help="plain-HTTP /metrics of the DNS server (default %(default)s)")
+
     validate = sub.add_parser("validate", help="validate manifest files offline against schemas/")
     validate.add_argument("paths", nargs="+", help="files or directories (read recursively)")
     app.add_commands(sub)
@@ -152,7 +205,9 @@ async def _start_apiserver(args: argparse.Namespace, stack: contextlib.AsyncExit
     server = RunningApiserver(config=Config(listen=args.listen, store=args.store, data_dir=data_dir,
                                             token_file=token_file, tls_cert=cert, tls_key=key,
                                             service_account_key_file=getattr(args, "service_account_key_file", None),
-                                            compaction_interval=args.compaction_interval))
+                                            compaction_interval=args.compaction_interval,
+                                            service_cluster_ip_range=args.service_cluster_ip_range,
+                                            service_node_port_range=args.service_node_port_range))
     await server.start()
     stack.push_async_callback(server.stop)
     if token is not None:
@@ -165,6 +220,7 @@ async def _start_apiserver(args: argparse.Namespace, stack: contextlib.AsyncExit
 async def _start_kubelet(args: argparse.Namespace, client: ClientConfig, root_dir: Path,
                          stack: contextlib.AsyncExitStack) -> None:
     from podling.client.http import ApiClient
+    from podling.kubelet.dns import ClusterDNSConfig
     from podling.kubelet.kubelet import Kubelet, KubeletConfig
     from podling.kubelet.runtime.base import Runtime
 
@@ -183,7 +239,8 @@ async def _start_kubelet(args: argparse.Namespace, client: ClientConfig, root_di
     kubelet = Kubelet(api=api, runtime=runtime, config=KubeletConfig(
         node_name=args.node_name, root_dir=(args.root_dir or root_dir).resolve(), manifest_dir=args.manifest_dir,
         address=args.address, port=args.kubelet_port, max_pods=args.max_pods,
-        status_period=args.node_status_update_frequency, lease_period=args.node_lease_renew_interval))
+        status_period=args.node_status_update_frequency, lease_period=args.node_lease_renew_interval,
+        dns=ClusterDNSConfig(servers=args.cluster_dns, domain=args.cluster_domain, resolv_conf=args.resolv_conf)))
     await kubelet.start()
     stack.push_async_callback(kubelet.stop)
 
@@ -223,6 +280,16 @@ async def _start_scheduler(args: argparse.Namespace, client: ClientConfig, stack
     await scheduler.start()
     stack.push_async_callback(scheduler.stop)
     return scheduler.metrics.registry
+
+
+async def _start_dns(args: argparse.Namespace, client: ClientConfig, stack: contextlib.AsyncExitStack) -> Any:
+    from podling.dns.server import ClusterDNS, DNSConfig
+
+    dns = ClusterDNS(api=await _api(client, agent="dns", stack=stack), config=DNSConfig(
+        listen=tuple(args.dns_listen or ("10.88.0.1:53",)), domain=args.cluster_domain, service_ip=args.cluster_dns[0]))
+    await dns.start()
+    stack.push_async_callback(dns.stop)
+    return dns.metrics.registry
 
 
 async def _start_operator(args: argparse.Namespace, client: ClientConfig, cache_dir: Path,
@@ -271,6 +338,8 @@ async def _serve(args: argparse.Namespace) -> int:
                                                               stack))
             registries.append(await _start_scheduler(args, client, stack))
             await _start_kubelet(args, client, args.data_dir / "kubelet", stack)
+            if args.cluster_dns:
+                registries.append(await _start_dns(args, client, stack))
             await _start_operator(args, client, args.data_dir.resolve() / "gitops", stack)
             if args.repo:
                 await _ensure_application(client, repo=args.repo, path=args.repo_path, stack=stack)
@@ -282,6 +351,8 @@ async def _serve(args: argparse.Namespace) -> int:
             registries.append(await _start_scheduler(args, client, stack))
         elif args.command == "controller-manager":
             registries.append(await _start_controller_manager(args, client, None, stack))
+        elif args.command == "dns":
+            registries.append(await _start_dns(args, client, stack))
         if registries:
             from podling.metrics_server import MetricsServer
 
@@ -313,7 +384,9 @@ def main(argv: list[str] | None = None) -> int:
         return validate.run(paths=args.paths)
     if args.command in app.COMMANDS:
         return app.run(args)
-    if args.command in ("kubelet", "scheduler", "controller-manager", "operator"):
+    if args.command == "dns" and not args.cluster_dns:
+        parser.error("--cluster-dns: the DNS server needs the IP of its Service kube-system/kube-dns")
+    if args.command in ("kubelet", "scheduler", "controller-manager", "operator", "dns"):
         try:
             _client_config(args)
         except ConfigError as err:

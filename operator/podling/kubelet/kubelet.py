@@ -31,6 +31,7 @@ from podling.client.events import EventRecorder
 from podling.client.http import ApiClient, ApiError, is_not_found
 from podling.client.informer import Informer
 from podling.kubelet.auth import TokenReviewer
+from podling.kubelet.dns import ClusterDNSConfig, pod_dns
 from podling.kubelet.metrics import InstrumentedRuntime, KubeletMetrics
 from podling.kubelet.node import NodeAgent
 from podling.kubelet.pleg import RuntimeCache
@@ -63,6 +64,7 @@ class KubeletConfig:
     lease_period: float = 10.0
     relist_period: float = 1.0
     resync_period: float = 10.0
+    dns: ClusterDNSConfig = ClusterDNSConfig()  # what pods' /etc/resolv.conf says
 
 
 def address_towards(server: str) -> str:
@@ -90,7 +92,7 @@ class Kubelet:
         self.syncer = PodSyncer(api=api, runtime=self.runtime, cache=self.cache, volumes=self.volumes,
                                 probes=self.probes, metrics=self.metrics, record=self._record,
                                 write_status=self._write_status, node_name=config.node_name,
-                                host_ip=lambda: self.address)
+                                host_ip=lambda: self.address, pod_dns=lambda pod: pod_dns(pod, config=config.dns))
         self.workers = PodWorkers(sync=self._sync, alive=self._alive, observe=self.metrics.sync_latency.observe)
         self.informer = Informer(api, _PODS, field_selector=f"spec.nodeName={config.node_name}")
         self.informer.add_handlers(on_add=self._pod_added, on_update=lambda old, new: self._pod_added(new),

@@ -33,6 +33,7 @@ from podling.client.http import ApiClient
 from podling.kubelet import env as envs
 from podling.kubelet import status as statuses
 from podling.kubelet.backoff import Backoff
+from podling.kubelet.dns import resolv_conf
 from podling.kubelet.metrics import KubeletMetrics
 from podling.kubelet.pleg import RuntimeCache
 from podling.kubelet.probes import ProbeManager, Target, run_handler
@@ -47,7 +48,7 @@ from podling.kubelet.runtime.base import (
     RuntimeError_,
     SandboxConfig,
 )
-from podling.kubelet.volumes import MountError, VolumeManager
+from podling.kubelet.volumes import RESOLV_CONF, MountError, VolumeManager
 
 log = logging.getLogger("podling.kubelet.sync")
 
@@ -332,6 +333,9 @@ class PodSyncer:
             memory.volumes = await self.volumes.setup(pod)
             memory.volumes_at = time.monotonic()
         mounts = self.volumes.mounts(pod, container, memory.volumes, env=variables)
+        dns = self.pod_dns(pod)
+        if dns and not any(mount.target == RESOLV_CONF for mount in mounts):  # Docker's own would say 127.0.0.11
+            mounts.append(await self.volumes.resolv_conf(pod, text=resolv_conf(dns)))
         resources = container.get("resources") or {}
         limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
         spec = pod.get("spec") or {}

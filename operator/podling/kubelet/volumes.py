@@ -15,6 +15,8 @@ Invariants:
   a fresh timestamped ``..2024_01_02_03_04_05.*`` directory, the ``..data`` symlink is swapped
   to it by a rename, and each visible name is a symlink through ``..data``. A container that
   has the volume mounted sees the whole old version or the whole new one, never a mix.
+* The pod's resolv.conf (:meth:`VolumeManager.resolv_conf`) lives with its plugin data, so
+  teardown and orphan cleanup remove it with the rest.
 * :meth:`VolumeManager.teardown` removes only what setup made under those two roots: never a
   hostPath's content (it is not under them) and never a claim's named volume, whose data
   outlives the pod.
@@ -58,6 +60,8 @@ PLUGIN_DOWNWARD_API = "kubernetes.io~downward-api"
 PLUGIN_PROJECTED = "kubernetes.io~projected"
 PLUGIN_GIT_REPO = "kubernetes.io~git-repo"
 PLUGIN_PVC = "podling.io~docker-volume"
+PLUGIN_DNS = "podling.io~dns"  # the pod's resolv.conf lives with its plugin data, so teardown removes it
+RESOLV_CONF = "/etc/resolv.conf"
 
 LABEL_PVC_NAMESPACE = "io.podling.pvc.namespace"
 LABEL_PVC_NAME = "io.podling.pvc.name"
@@ -272,6 +276,15 @@ class VolumeManager:
                                 read_only=bool(mount.get("readOnly")) or volume.read_only))
         return result
 
+    async def resolv_conf(self, pod: Obj, *, text: str) -> Mount:
+        """The pod's resolv.conf, written (in place, when it changed) and mounted read-only at /etc/resolv.conf."""
+        path = self._disk / _pod_uid(pod) / "plugins" / PLUGIN_DNS / "resolv.conf"
+        try:
+            await asyncio.to_thread(_write_text, path, text)
+        except OSError as err:
+            raise MountError(f"cannot write the resolv.conf of pod {meta.object_key(pod)}: {_reason(err)}") from err
+        return Mount(target=RESOLV_CONF, source=str(path), read_only=True)
+
     # ---- teardown ----------------------------------------------------------------------
 
     async def teardown(self, pod_uid: str) -> None:
@@ -330,6 +343,13 @@ def _file_mode(mode: Any, default: int) -> int:
     if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
         raise ValueError(f"file mode {mode!r} must be between 0 and 0777 (511)")
     return mode
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` unless it says so already; in place, so a bind mount of it sees the change."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
 
 
 def _make_dir(path: Path, mode: int) -> None:
