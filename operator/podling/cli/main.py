@@ -1,7 +1,7 @@
 """The ``podling`` command: one entry point, a subcommand per job.
 
 ``podling up`` runs every component in one process for a single machine; ``podling
-apiserver|kubelet|scheduler|controller-manager|dns|operator`` runs one alone against a shared API
+apiserver|kubelet|scheduler|controller-manager|proxy|dns|operator`` runs one alone against a shared API
 server. Bad flags
 exit 2 with argparse's message naming the flag; nothing is started.
 """
@@ -111,7 +111,6 @@ def _service_range_flags(p: argparse.ArgumentParser) -> None:
                    help="where Services' nodePorts come from (default %(default)s)")
 
 
-
 def _controller_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controllers", default="*", help="controllers to run: * for all, *,-name to leave one out, "
                                                        "or a comma-separated list (default %(default)s)")
@@ -126,6 +125,38 @@ def _controller_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node-cidr-mask-size", type=int, default=24)
     p.add_argument("--service-account-private-key-file", type=Path, metavar="FILE",
                    help="the RS256 key that signs service account tokens (podling up: DATA_DIR/pki/sa.key)")
+
+
+def _ipv4_cidr(value: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Network(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected an IPv4 CIDR such as 10.88.128.0/17: {err}") from None
+
+
+def _proxy_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
+    p.add_argument("--proxy-mode", choices=["iptables", "userspace"], default="iptables",
+                   help="iptables NAT rules (default), or userspace listeners relaying connections (also chosen, "
+                        "with a log line saying why, when iptables cannot be used)")
+    if not alone:
+        return
+    p.add_argument("--node-name", default=socket.gethostname(), help="this node's name (default: the hostname)")
+    p.add_argument("--service-cluster-ip-range", type=_ipv4_cidr, default="10.88.128.0/17", metavar="CIDR",
+                   help="the cluster IPs' range, routed locally on the node (default %(default)s)")
+    p.add_argument("--cluster-cidr", type=_ipv4_cidr, default="10.88.0.0/17", metavar="CIDR",
+                   help="the pods' addresses; other sources reaching a cluster IP are masqueraded "
+                        "(default %(default)s)")
+    p.add_argument("--masquerade-bit", type=int, choices=range(32), default=14, metavar="BIT",
+                   help="the packet mark bit meaning 'masquerade this' (default %(default)s, kube-proxy's)")
+    p.add_argument("--sync-period", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="how often every rule is rewritten even without changes (default %(default)s)")
+    p.add_argument("--min-sync-period", type=_seconds, default=1.0, metavar="SECONDS",
+                   help="after two syncs in a row, at most one per this long; a lone change is synced at once "
+                        "(default %(default)s)")
+    p.add_argument("--cleanup", action="store_true",
+                   help="remove the rules and settings a proxy of --node-name left on this machine, and exit")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -154,8 +185,9 @@ def _parser() -> argparse.ArgumentParser:
     kubelet = sub.add_parser("kubelet", help="run a node's kubelet against an API server")
     scheduler = sub.add_parser("scheduler", help="run the scheduler against an API server")
     manager = sub.add_parser("controller-manager", help="run the controllers against an API server")
+    proxy = sub.add_parser("proxy", help="run a node's service proxy against an API server")
     dns = sub.add_parser("dns", help="run the cluster DNS server against an API server")
-    for p in (kubelet, scheduler, manager, gitops, dns):
+    for p in (kubelet, scheduler, manager, gitops, proxy, dns):
         p.add_argument("--server", help="the API server's URL, such as https://127.0.0.1:6443")
         p.add_argument("--token-file", type=Path, help="a file holding the bearer token to use")
         p.add_argument("--ca-file", type=Path, help="the CA certificate that signed the API server's")
@@ -164,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_dns_flags(kubelet, server=False)
     _cluster_dns_flags(up, server=True)
     _cluster_dns_flags(dns, server=True)
+    _proxy_flags(up, alone=False)
+    _proxy_flags(proxy, alone=True)
     for p in (up, scheduler):
         p.add_argument("--scheduler-config", type=Path, metavar="FILE",
                        help="scheduler profiles (plugins and weights) as YAML; default: one default-scheduler profile")
@@ -180,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="create (or update) an Application syncing this git repository, automated with prune "
                          "and selfHeal")
     up.add_argument("--repo-path", default=".", metavar="DIR", help="the directory inside --repo (default %(default)s)")
-    for p, port in ((up, 10257), (manager, 10257), (scheduler, 10259)):
+    for p, port in ((up, 10257), (manager, 10257), (scheduler, 10259), (proxy, 10249)):
         p.add_argument("--metrics-listen", type=_listen, default=f"127.0.0.1:{port}", metavar="HOST:PORT",
                        help="plain-HTTP /metrics of the scheduler and controller manager (default %(default)s)")
 
@@ -282,6 +316,27 @@ async def _start_scheduler(args: argparse.Namespace, client: ClientConfig, stack
     return scheduler.metrics.registry
 
 
+def _proxy_config(args: argparse.Namespace) -> Any:
+    from podling.proxy.proxy import ProxyConfig
+
+    if args.command != "proxy":  # podling up: the proxy's defaults (and the API server's service range, if given)
+        service_range = getattr(args, "service_cluster_ip_range", None)
+        return ProxyConfig(node_name=args.node_name, mode=args.proxy_mode,
+                           **({"service_cidr": str(service_range)} if service_range else {}))
+    return ProxyConfig(node_name=args.node_name, mode=args.proxy_mode, service_cidr=args.service_cluster_ip_range,
+                       cluster_cidr=args.cluster_cidr, masquerade_bit=args.masquerade_bit,
+                       sync_period=args.sync_period, min_sync_period=args.min_sync_period)
+
+
+async def _start_proxy(args: argparse.Namespace, client: ClientConfig, stack: contextlib.AsyncExitStack) -> Any:
+    from podling.proxy.proxy import Proxy
+
+    proxy = Proxy(api=await _api(client, agent=f"proxy/{args.node_name}", stack=stack), config=_proxy_config(args))
+    await proxy.start()
+    stack.push_async_callback(proxy.stop)
+    return proxy.metrics.registry
+
+
 async def _start_dns(args: argparse.Namespace, client: ClientConfig, stack: contextlib.AsyncExitStack) -> Any:
     from podling.dns.server import ClusterDNS, DNSConfig
 
@@ -338,6 +393,7 @@ async def _serve(args: argparse.Namespace) -> int:
                                                               stack))
             registries.append(await _start_scheduler(args, client, stack))
             await _start_kubelet(args, client, args.data_dir / "kubelet", stack)
+            registries.append(await _start_proxy(args, client, stack))
             if args.cluster_dns:
                 registries.append(await _start_dns(args, client, stack))
             await _start_operator(args, client, args.data_dir.resolve() / "gitops", stack)
@@ -351,6 +407,8 @@ async def _serve(args: argparse.Namespace) -> int:
             registries.append(await _start_scheduler(args, client, stack))
         elif args.command == "controller-manager":
             registries.append(await _start_controller_manager(args, client, None, stack))
+        elif args.command == "proxy":
+            registries.append(await _start_proxy(args, client, stack))
         elif args.command == "dns":
             registries.append(await _start_dns(args, client, stack))
         if registries:
@@ -384,9 +442,15 @@ def main(argv: list[str] | None = None) -> int:
         return validate.run(paths=args.paths)
     if args.command in app.COMMANDS:
         return app.run(args)
+    if args.command == "proxy" and args.cleanup:
+        from podling.proxy.proxy import cleanup
+
+        removed = asyncio.run(cleanup(_proxy_config(args)))
+        logging.getLogger("podling").info("proxy cleanup: removed %d rules of node %s", removed, args.node_name)
+        return 0
     if args.command == "dns" and not args.cluster_dns:
         parser.error("--cluster-dns: the DNS server needs the IP of its Service kube-system/kube-dns")
-    if args.command in ("kubelet", "scheduler", "controller-manager", "operator", "dns"):
+    if args.command in ("kubelet", "scheduler", "controller-manager", "operator", "proxy", "dns"):
         try:
             _client_config(args)
         except ConfigError as err:
