@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from dns_process import DNSProcess
 from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess
 from proxy_process import ProxyProcess, dnat_targets, node_rules, node_tag
 from waiting import wait_for
@@ -54,10 +55,11 @@ def cluster_ip() -> str:
 
 
 class Cluster:
-    def __init__(self, *, api: PodlingProcess, kubelet: KubeletProcess, root: Path) -> None:
+    def __init__(self, *, api: PodlingProcess, kubelet: KubeletProcess, root: Path, dns_ip: str) -> None:
         self.api, self.kubelet, self.root = api, kubelet, root
         self.node = kubelet.node_name
         self.proxy = ProxyProcess(server=api, node_name=self.node, log_dir=root / "proxy")
+        self.dns = DNSProcess(server=api, log_dir=root / "dns", host="10.88.0.1", args=("--cluster-dns", dns_ip))
         self.ips: dict[str, str] = {}  # service -> cluster IP
         self.node_ports: dict[str, int] = {}
 
@@ -117,13 +119,16 @@ def wait_programmed(cluster: Cluster, service_port: str, count: int) -> list[str
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("proxy-e2e")
+    # This cluster's DNS Service address is its own (not 10.88.128.10), so that another cluster on the
+    # machine never answers for it; its DNS server listens on the pods' gateway at a free port.
+    dns_ip = f"10.88.128.{random.randint(11, 250)}"
     api = PodlingProcess(data_dir=root / "apiserver").start()
     kubelet = KubeletProcess(server=api, node_name=f"proxy-{uuid.uuid4().hex[:6]}", root_dir=root / "kubelet",
                              args=("--address", "127.0.0.1", "--node-status-update-frequency", "2",
-                                   "--node-lease-renew-interval", "2"))
+                                   "--node-lease-renew-interval", "2", "--cluster-dns", dns_ip))
     manager = ControllerManagerProcess(server=api, log_dir=root / "controller-manager",
                                        args=("--controllers=replicaset,deployment,endpoints",))
-    cluster = Cluster(api=api, kubelet=kubelet, root=root)
+    cluster = Cluster(api=api, kubelet=kubelet, root=root, dns_ip=dns_ip)
     try:
         kubelet.start()
         manager.start()
@@ -135,6 +140,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                 "containers": [{"name": "client", "image": IMAGE, "command": ["sleep", "3600"]}]}})
         cluster.service("web")
         wait_for(lambda: len(cluster.pods()) == 3, timeout=60, what="three Ready web pods")
+        cluster.dns.start()  # (once pods run, the pods' network and its gateway exist)
         wait_programmed(cluster, f"{NS}/web:http", 3)
         yield cluster
     finally:
@@ -142,7 +148,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             cluster.proxy.cleanup()
             assert node_rules(cluster.node) == [], "rules of the node are left after cleanup"
         finally:
-            for process in (manager, kubelet):
+            for process in (cluster.dns, manager, kubelet):
+                if process._proc is None:
+                    continue
                 try:
                     process.stop()
                 except Exception:
@@ -165,6 +173,12 @@ def test_cluster_ip_from_inside_a_pod_and_from_the_node(cluster: Cluster) -> Non
     names = set(cluster.pods())
     assert cluster.exec("client", f"timeout 10 wget -qO- {url}").strip() in names
     assert {get(url) for _ in range(30)} == names
+
+
+def test_a_pod_reaches_the_service_by_its_dns_name(cluster: Cluster) -> None:
+    names = set(cluster.pods())
+    for host in (f"web.{NS}.svc.cluster.local", "web"):  # (the short name through resolv.conf's search list)
+        assert cluster.exec("client", f"timeout 10 wget -qO- http://{host}/").strip() in names
 
 
 def test_a_pod_reaches_itself_through_its_service(cluster: Cluster) -> None:
