@@ -110,6 +110,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def quantile(families: dict[str, Any], name: str, q: float, labels: dict[str, str]) -> float:
     """``histogram_quantile``: linear interpolation inside the bucket that holds quantile q."""
     buckets = sorted((float(s.labels["le"]), s.value) for s in families[name].samples
@@ -147,7 +154,7 @@ async def run_scheduler(server: PodlingProcess, *, pods: int, log_dir: Path) -> 
         done = time.perf_counter()
         return {"sync": ready - started, "span": done - ready,
                 "scheduler_cpu": cpu_seconds(scheduler.pid) - cpu["scheduler"],
-                "api_cpu": cpu_seconds(server.pid) - cpu["api"]}, metrics
+                "api_cpu": cpu_seconds(server.pid) - cpu["api"], "rss": rss_mib(scheduler.pid)}, metrics
     finally:
         scheduler.stop()
 
@@ -188,7 +195,8 @@ async def main(args: argparse.Namespace) -> None:
                       f"p99 {quantile(families, algorithm, .99, {}) * 1e3:.2f} ms")
                 print(f"CPU while scheduling: scheduler {times['scheduler_cpu']:.1f}s "
                       f"({times['scheduler_cpu'] / args.pods * 1e6:.0f} us/pod), API server {times['api_cpu']:.1f}s "
-                      f"({times['api_cpu'] / args.pods * 1e6:.0f} us/pod); Scheduled events dropped: {dropped:.0f}")
+                      f"({times['api_cpu'] / args.pods * 1e6:.0f} us/pod); Scheduled events dropped: {dropped:.0f}; "
+                      f"scheduler resident memory {times['rss']:.0f} MiB")
                 print(f"the scheduler reached {rate / ceiling:.0%} of the raw binding rate")
         finally:
             server.stop()
