@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -66,3 +67,15 @@ def test_hollow_kubelet_reports_pods_running_without_containers(tmp_path: Path) 
     finally:
         kubelet.stop()
         server.stop()
+
+
+def test_a_bad_scheduler_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    config = tmp_path / "scheduler.yaml"
+    config.write_text("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\nprofiles:\n"
+                      "- schedulerName: x\n  plugins:\n    score:\n      enabled:\n      - name: NodeResourcesFit\n"
+                      "        weight: 1000\n")
+    result = subprocess.run([sys.executable, "-m", "podling.cli.main", "up", "--data-dir", str(tmp_path / "data"),
+                             "--scheduler-config", str(config)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert f"{config}:9: profiles[0].plugins.score.enabled[0].weight: must be between 0 and 100" in result.stderr
+    assert not (tmp_path / "data").exists()

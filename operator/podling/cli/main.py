@@ -462,6 +462,13 @@ def main(argv: list[str] | None = None) -> int:
             load_public_keys(args.service_account_key_file)
         except (OSError, ValueError) as err:
             parser.error(f"--service-account-key-file: {err}")
+    if args.command in ("up", "scheduler") and args.scheduler_config is not None:
+        from podling.scheduler.config import load_config
+
+        try:
+            load_config(args.scheduler_config)
+        except (OSError, ValueError) as err:
+            parser.error(f"--scheduler-config: {err}")
     if args.command in ("up", "controller-manager"):
         from podling.controllers.manager import select
 
