@@ -142,6 +142,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         wait_for(lambda: len(cluster.pods()) == 3, timeout=60, what="three Ready web pods")
         cluster.dns.start()  # (once pods run, the pods' network and its gateway exist)
         wait_programmed(cluster, f"{NS}/web:http", 3)
+        # Programmed before any pod asks: a UDP query sent earlier leaves an un-NATed conntrack
+        # entry that its retries would follow for 30 s.
+        wait_for(lambda: any("kube-system/kube-dns" in line and "-j DNAT" in line for line in node_rules(cluster.node)),
+                 timeout=30, what="the kube-dns Service programmed")
         yield cluster
     finally:
         try:

@@ -10,6 +10,7 @@ import pytest
 
 from podling.proxy import iptables as ipt
 from podling.proxy.model import Endpoint, ServicePort, node_ingress_ips, service_ports
+from podling.proxy.proxy import SyncBudget
 from podling.proxy.userspace import Balancer
 
 SETTINGS = ipt.Settings(tag="abc123", cluster_cidr="10.88.0.0/17")
@@ -287,3 +288,12 @@ def test_affinity_moves_when_the_endpoint_is_no_longer_ready() -> None:
     remaining = "10.88.0.3" if first.ip == "10.88.0.2" else "10.88.0.2"
     balancer.update(port(remaining, affinity=60))
     assert {balancer.order("10.88.0.9", now=float(i))[0].ip for i in range(5)} == {remaining}
+
+
+def test_syncs_come_in_a_burst_of_two_then_one_per_min_sync_period() -> None:
+    budget = SyncBudget(burst=2, period=10.0)
+    waits = [budget.reserve() for _ in range(4)]
+    assert waits[:2] == [0.0, 0.0]
+    assert 9.9 < waits[2] <= 10.0 and 19.9 < waits[3] <= 20.0  # reservations queue up
+    with pytest.raises(ValueError):
+        SyncBudget(burst=2, period=0)

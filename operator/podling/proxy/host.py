@@ -114,12 +114,13 @@ class HostNetwork:
             raise HostError(f"cannot change the machine's network settings: {err}") from err
 
     def release(self) -> None:
-        """Let go; the last proxy to leave puts the machine's original settings back."""
+        """Let go (if held); the last proxy to leave puts the machine's original settings back."""
+        if self._holder is None:
+            return
         with self._locked():
-            if self._holder is not None:
-                os.close(self._holder)  # closing drops the flock
-                self._holder = None
-                (self.state_dir / "holders" / self.tag).unlink(missing_ok=True)
+            os.close(self._holder)  # closing drops the flock
+            self._holder = None
+            (self.state_dir / "holders" / self.tag).unlink(missing_ok=True)
             self._restore_if_last()
         self.route = False
 

@@ -99,7 +99,7 @@ class Proxy:
         self._carried: dict[str, int] = {}  # connections counted by rules a rebuild has since reset
         self._last_connections: dict[str, int] = {}
         self._syncing = False
-        self._sync_budget = _Budget(burst=2, period=config.min_sync_period)
+        self._sync_budget = SyncBudget(burst=2, period=config.min_sync_period)
         self._sync_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -127,6 +127,16 @@ class Proxy:
             log.warning("%s: cluster IPs are not reachable in userspace mode (node ports are)", err)
         if self.mode == "userspace":
             self._userspace = UserspaceProxy(cluster_ips=self.host.route)
+        try:
+            await self._start_syncing()
+        except BaseException:
+            await self.stop()  # nothing half-programmed stays behind
+            raise
+        where = f"chains {self.settings.prefix}*" if self.mode == "iptables" else \
+            f"listeners ({'cluster IPs and ' if self._userspace and self._userspace.cluster_ips else ''}node ports)"
+        log.info("proxy ready: mode %s, node %s, %s", self.mode, self.config.node_name, where)
+
+    async def _start_syncing(self) -> None:
         self.services.add_handlers(on_add=self._service_changed, on_update=lambda old, new: self._service_changed(new),
                                    on_delete=lambda obj: self._changed())
         self.endpoints.add_handlers(on_add=lambda obj: self._changed(), on_update=lambda old, new: self._changed(),
@@ -141,9 +151,6 @@ class Proxy:
         self._tasks = [loop.create_task(run_workers(self.lb_queue, self._reconcile_load_balancer, workers=2),
                                         name="proxy load balancer status"),
                        loop.create_task(self._resync(), name="proxy resync")]
-        where = f"chains {self.settings.prefix}*" if self.mode == "iptables" else \
-            f"listeners ({'cluster IPs and ' if self._userspace and self._userspace.cluster_ips else ''}node ports)"
-        log.info("proxy ready: mode %s, node %s, %s", self.mode, self.config.node_name, where)
 
     async def stop(self) -> None:
         self.queue.shutdown()
@@ -299,7 +306,7 @@ class Proxy:
         return {service: (stats.bytes_in, stats.bytes_out) for service, stats in self._userspace.stats.items()}
 
 
-class _Budget:
+class SyncBudget:
     """A token bucket: ``burst`` syncs at once, then one per ``period`` seconds."""
 
     def __init__(self, *, burst: int, period: float) -> None:

@@ -158,6 +158,7 @@ class _Client(_Side):
             if self.closed:
                 return
             backend = _Side(self.stats, inbound=False)
+            backend.peer = self  # before connecting: a server may speak first (a banner)
             try:
                 async with asyncio.timeout(_CONNECT_TIMEOUT):  # (not wait_for: that costs a task per connection)
                     await loop.create_connection(lambda: backend, endpoint.ip, endpoint.port)
@@ -169,7 +170,7 @@ class _Client(_Side):
                 backend.transport.close()
                 return
             balancer.stick(client_ip, endpoint, now=time.monotonic())
-            self.peer, backend.peer = backend, self
+            self.peer = backend
             self.transport.resume_reading()
             return
         if self.transport is not None and not self.closed:
