@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podling.api import meta
+from podling.cli.flags import seconds
 from podling.client.config import ClientConfig, ConfigError, from_flags, load_kubeconfig
 
 if TYPE_CHECKING:
@@ -116,12 +117,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rollback.add_argument("id", nargs="?", type=int, help="the history ID (default: the entry before the last)")
     rollback.add_argument("--prune", action="store_true", help="delete what the app created that revision lacks")
     for p in (sync, rollback):
-        p.add_argument("--timeout", type=_positive_seconds, default=300.0, metavar="SECONDS",
+        p.add_argument("--timeout", type=seconds, default=300.0, metavar="SECONDS",
                        help="how long to wait for the operator (default %(default)s)")
     refresh = verbs.add_parser("refresh", parents=[connection],
                                help="ask the operator to fetch and compare now; print sync and health")
     refresh.add_argument("name")
-    refresh.add_argument("--timeout", type=_positive_seconds, default=10.0, metavar="SECONDS",
+    refresh.add_argument("--timeout", type=seconds, default=10.0, metavar="SECONDS",
                          help="how long to wait for a new status (default %(default)s)")
 
     local_diff = sub.add_parser("diff", parents=[connection],
@@ -139,14 +140,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     local_sync.add_argument("--diff", action="store_true", help="show a unified diff of each change")
 
 
-def _positive_seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
-    return seconds
 
 
 def run(args: argparse.Namespace) -> int:

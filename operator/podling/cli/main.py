@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from podling.cli import app, kubeconfig
+from podling.cli.flags import seconds
 from podling.client.config import ClientConfig, ConfigError, from_flags, load_kubeconfig
 
 
@@ -36,14 +37,6 @@ def _store(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected sqlite, sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT], got {value!r}")
 
 
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value!r}")
-    return seconds
 
 
 def _kubelet_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
@@ -57,11 +50,11 @@ def _kubelet_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
     p.add_argument("--max-pods", type=int, default=110, help="pods this node takes (default %(default)s)")
     p.add_argument("--runtime", choices=["docker", "hollow"], default="docker",
                    help="docker (default), or hollow: a simulation without containers, for control-plane scale tests")
-    p.add_argument("--hollow-start-delay", type=_seconds, default=0.5, metavar="SECONDS",
+    p.add_argument("--hollow-start-delay", type=seconds, default=0.5, metavar="SECONDS",
                    help="with --runtime hollow: how long a simulated container takes to start")
-    p.add_argument("--node-status-update-frequency", type=_seconds, default=10.0, metavar="SECONDS",
+    p.add_argument("--node-status-update-frequency", type=seconds, default=10.0, metavar="SECONDS",
                    help="how often the node's status is written (default %(default)s)")
-    p.add_argument("--node-lease-renew-interval", type=_seconds, default=10.0, metavar="SECONDS",
+    p.add_argument("--node-lease-renew-interval", type=seconds, default=10.0, metavar="SECONDS",
                    help="how often the node's Lease in kube-node-lease is renewed (default %(default)s)")
     p.add_argument("--pod-network", default="podling", help="the Docker bridge network pods join (default %(default)s)")
     p.add_argument("--pod-subnet", default="10.88.0.0/16", help="its subnet, created if missing (default %(default)s)")
@@ -115,10 +108,10 @@ def _controller_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--controllers", default="*", help="controllers to run: * for all, *,-name to leave one out, "
                                                        "or a comma-separated list (default %(default)s)")
     p.add_argument("--concurrent-syncs", type=int, default=5, metavar="N", help="workers per controller")
-    p.add_argument("--node-monitor-period", type=_seconds, default=5.0, metavar="SECONDS")
-    p.add_argument("--node-monitor-grace-period", type=_seconds, default=40.0, metavar="SECONDS",
+    p.add_argument("--node-monitor-period", type=seconds, default=5.0, metavar="SECONDS")
+    p.add_argument("--node-monitor-grace-period", type=seconds, default=40.0, metavar="SECONDS",
                    help="a node whose lease is older than this is NotReady/Unknown (default %(default)s)")
-    p.add_argument("--node-startup-grace-period", type=_seconds, default=60.0, metavar="SECONDS")
+    p.add_argument("--node-startup-grace-period", type=seconds, default=60.0, metavar="SECONDS")
     p.add_argument("--default-toleration-seconds", type=int, default=300, metavar="SECONDS",
                    help="how long pods stay on a not-ready or unreachable node (default %(default)s)")
     p.add_argument("--cluster-cidr", default="10.244.0.0/16", help="podCIDRs for nodes (default %(default)s)")
@@ -150,9 +143,9 @@ def _proxy_flags(p: argparse.ArgumentParser, *, alone: bool) -> None:
                         "(default %(default)s)")
     p.add_argument("--masquerade-bit", type=int, choices=range(32), default=14, metavar="BIT",
                    help="the packet mark bit meaning 'masquerade this' (default %(default)s, kube-proxy's)")
-    p.add_argument("--sync-period", type=_seconds, default=30.0, metavar="SECONDS",
+    p.add_argument("--sync-period", type=seconds, default=30.0, metavar="SECONDS",
                    help="how often every rule is rewritten even without changes (default %(default)s)")
-    p.add_argument("--min-sync-period", type=_seconds, default=1.0, metavar="SECONDS",
+    p.add_argument("--min-sync-period", type=seconds, default=1.0, metavar="SECONDS",
                    help="after two syncs in a row, at most one per this long; a lone change is synced at once "
                         "(default %(default)s)")
     p.add_argument("--cleanup", action="store_true",
@@ -171,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--listen", type=_listen, default="127.0.0.1:6443", help="HOST:PORT (default %(default)s)")
         p.add_argument("--store", type=_store, default="sqlite",
                        help="sqlite (DATA_DIR/podling.db), sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT]")
-        p.add_argument("--compaction-interval", type=_seconds, default=300.0, metavar="SECONDS",
+        p.add_argument("--compaction-interval", type=seconds, default=300.0, metavar="SECONDS",
                        help="compact store history older than this (default %(default)s)")
         _service_range_flags(p)
     apiserver.add_argument("--token-auth-file", type=Path,

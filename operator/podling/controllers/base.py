@@ -150,3 +150,12 @@ def _uid(obj: Obj) -> str:
 
 def _resource_version(obj: Obj) -> str:
     return (obj.get("metadata") or {}).get("resourceVersion") or ""
+
+
+def remove_condition(status: Obj, condition_type: str) -> None:
+    """Drop ``status.conditions`` of ``condition_type`` (and the list when it empties)."""
+    conditions = [c for c in status.get("conditions") or () if c.get("type") != condition_type]
+    if conditions:
+        status["conditions"] = conditions
+    else:
+        status.pop("conditions", None)

@@ -54,7 +54,7 @@ from podling.api import meta, selectors
 from podling.client.http import ApiClient, ApiError, is_already_exists, is_not_found
 from podling.client.informer import Informer
 from podling.client.workqueue import run_workers
-from podling.controllers.base import Context, OwnWrites, resource
+from podling.controllers.base import Context, OwnWrites, remove_condition, resource
 
 log = logging.getLogger("podling.controllers.deployment")
 
@@ -444,14 +444,6 @@ def set_condition(status: Obj, condition: Obj) -> None:
     if current is not None and current.get("status") == condition["status"]:
         condition = {**condition, "lastTransitionTime": current.get("lastTransitionTime")}
     status["conditions"] = [c for c in conditions if c.get("type") != condition["type"]] + [condition]
-
-
-def remove_condition(status: Obj, condition_type: str) -> None:
-    conditions = [c for c in status.get("conditions") or () if c.get("type") != condition_type]
-    if conditions:
-        status["conditions"] = conditions
-    else:
-        status.pop("conditions", None)
 
 
 def calculate_status(d: Obj, all_rss: Iterable[Obj | None], new_rs: Obj | None, *, now: str) -> Obj:

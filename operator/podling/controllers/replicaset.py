@@ -54,7 +54,7 @@ from podling.api.resources import Resource
 from podling.client.http import ApiError, is_not_found
 from podling.client.informer import Informer
 from podling.client.workqueue import run_workers
-from podling.controllers.base import Context, OwnWrites, resource
+from podling.controllers.base import Context, OwnWrites, remove_condition, resource
 
 log = logging.getLogger("podling.controllers.replicaset")
 
@@ -182,14 +182,6 @@ def set_condition(status: Obj, condition: Obj) -> None:
             and current.get("reason") == condition.get("reason"):
         return
     status["conditions"] = [c for c in conditions if c.get("type") != condition["type"]] + [condition]
-
-
-def remove_condition(status: Obj, condition_type: str) -> None:
-    conditions = [c for c in status.get("conditions") or () if c.get("type") != condition_type]
-    if conditions:
-        status["conditions"] = conditions
-    else:
-        status.pop("conditions", None)
 
 
 def calculate_status(owner: Obj, pods: Sequence[Obj], *, now: float,
