@@ -375,6 +375,13 @@ async def _ensure_application(client: ClientConfig, *, repo: str, path: str, sta
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    # Signals are caught before anything starts: a SIGTERM that lands while the components come
+    # up (after one of them has logged that it is ready) still unwinds the stack, so a proxy
+    # removes its rules and a kubelet leaves its pods as they are.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with contextlib.AsyncExitStack() as stack:
         if args.command in ("up", "apiserver"):
             client = await _start_apiserver(args, stack)
@@ -410,10 +417,6 @@ async def _serve(args: argparse.Namespace) -> int:
             metrics = MetricsServer(listen=args.metrics_listen, registries=registries)
             await metrics.start()
             stack.push_async_callback(metrics.stop)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         logging.getLogger("podling").info("shutting down")
     return 0
