@@ -11,14 +11,16 @@ import copy
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from podling.api.resources import RESOURCES
+from podling.api.resources import RESOURCES, find
 from podling.client.config import load_kubeconfig
 from podling.client.http import ApiClient, ApiError, is_not_found
 from podling.gitops.apply import ObjectResult, apply, fetch_live
+from podling.gitops.operator import APPLICATIONS, GitOpsOperator
 from podling.gitops.plan import APP_LABEL, LAST_APPLIED, Key, key_of, plan_prune, resource_of
 from podling_process import PodlingProcess
 
@@ -187,6 +189,37 @@ async def test_a_stale_write_is_retried_after_a_fresh_read(api: ApiClient, podli
     live = podling.kubectl_json("get", "configmap", "site", "-n", ns)
     assert live["data"]["index.html"] == "<h1>v2</h1>\n" and live["metadata"]["labels"]["touched"] == "by-hand"
     assert set(actions(await sync(api, app, changed)).values()) == {"unchanged"}
+
+
+async def test_an_application_status_written_from_a_stale_copy_loses_nothing(
+        api: ApiClient, ns: str, tmp_path: Path) -> None:
+    """The operator writes status on the condition that its copy is current; from a stale copy
+    (an informer behind the last write) it lays its status over the stored one instead, so the
+    history it appends to and the last operation are the newest."""
+    await api.create(find(group="", version="v1", plural="namespaces"),
+                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    await api.create(APPLICATIONS, {"apiVersion": APPLICATIONS.api_version, "kind": APPLICATIONS.kind,
+                                    "metadata": {"name": "shop", "namespace": ns}, "spec": {
+                                        "source": {"repoURL": str(tmp_path), "path": "."},
+                                        "destination": {"namespace": ns}}})
+    stale = await api.get(APPLICATIONS, namespace=ns, name="shop")
+    operator = GitOpsOperator(api=api, cache_dir=tmp_path / "cache")
+    first, second = "a" * 40, "b" * 40
+
+    def synced(sha: str) -> tuple[Obj, Obj]:
+        operation = {"phase": "Succeeded", "revision": sha, "message": "ok=1", "result": "ok=1"}
+        deployed = {"revision": sha, "deployedAt": "2026-11-23T00:00:00Z", "result": "Succeeded"}
+        return {"sync": {"status": "Synced", "revision": sha}, "resources": [], "conditions": [],
+                "operationState": operation}, deployed
+
+    for sha in (first, second):  # both from the copy read before either write
+        status, deployed = synced(sha)
+        await operator._write(stale, status, deployed=deployed)
+    await operator._write(stale, {"sync": {"status": "Synced", "revision": second}, "resources": [],
+                                  "conditions": []})  # a reconcile that synced nothing
+    stored = (await api.get(APPLICATIONS, namespace=ns, name="shop"))["status"]
+    assert [(h["id"], h["revision"]) for h in stored["history"]] == [(1, first), (2, second)]
+    assert stored["operationState"]["revision"] == second and stored["sync"]["revision"] == second
 
 
 async def test_same_name_objects_are_adopted_unless_another_app_owns_them(

@@ -41,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from podling.api import meta
 from podling.api.resources import RESOURCES, find
 from podling.client.events import EventRecorder
-from podling.client.http import ApiClient, ApiError, is_not_found
+from podling.client.http import ApiClient, ApiError, is_conflict, is_not_found
 from podling.client.informer import Informer, InformerFactory
 from podling.client.workqueue import WorkQueue, run_workers
 from podling.gitops import health as healths
@@ -60,6 +60,7 @@ assert APPLICATIONS is not None and SECRETS is not None
 REFRESH_ANNOTATION = "podling.io/refresh"
 SYNC_REQUEST_ANNOTATION = "podling.io/sync-request"
 HISTORY_LIMIT = 10
+_WRITE_ATTEMPTS = 5  # status patches tried before a conflict fails the reconcile (it is retried)
 _NOT_TRACKED = {"events", "leases", "tokenreviews", "applications"}
 _DRIFT_DELAY = 0.5  # seconds: changes to owned objects within this window cost one reconcile
 _RENDER_CACHE = 16
@@ -303,8 +304,9 @@ class GitOpsOperator:
             sha != memory.synced_sha or not memory.synced_ok or automated.get("selfHeal", False)))
         empty_refused = not objects and prune_all and not (automated or {}).get("allowEmpty", False)
         conditions: list[Obj] = []
-        operation = (app.get("status") or {}).get("operationState")
-        history = list((app.get("status") or {}).get("history") or ())
+        operation: Obj | None = None  # this reconcile's sync, if it made one
+        deployed: Obj | None = None  # its history entry, if it changed something or synced a new revision
+        history = (app.get("status") or {}).get("history") or ()
         results = compared
         if wants_sync:
             started = time.perf_counter()
@@ -325,9 +327,7 @@ class GitOpsOperator:
                          "startedAt": started_at, "finishedAt": meta.now_rfc3339(),
                          **({"id": request["id"]} if request is not None else {})}
             if any(r.action != "unchanged" for r in results) or not history or history[-1].get("revision") != sha:
-                history.append({"id": (history[-1]["id"] + 1) if history else 1, "revision": sha,
-                                "deployedAt": started_at, "result": phase})
-                history = history[-HISTORY_LIMIT:]
+                deployed = {"revision": sha, "deployedAt": started_at, "result": phase}
             self._event(app, type="Warning" if failed else "Normal", reason="SyncFailed" if failed else "Synced",
                         message=f"revision {sha[:12]}: {summary}")
             if failed:
@@ -343,9 +343,9 @@ class GitOpsOperator:
             "resources": self._resources(results, live, synced=wants_sync,
                                          left_to_prune=prune_all if wants_sync and not (prune and not empty_refused)
                                          else []),
-            "conditions": conditions, "history": history,
+            "conditions": conditions,
             **({"operationState": operation} if operation else {}),
-        })
+        }, deployed=deployed)
 
     def _render(self, *, tree: Path, sha: str, path: str, namespace: str) -> Rendered:
         key = (str(tree), sha, path, namespace)
@@ -413,31 +413,63 @@ class GitOpsOperator:
                                         "finishedAt": now}
         await self._write(app, status)
 
-    async def _write(self, app: Obj, status: Obj) -> None:
+    async def _write(self, app: Obj, status: Obj, *, deployed: Obj | None = None) -> None:
+        """Patch ``status`` (plus ``deployed`` appended to the history) onto ``app``'s, on the
+        condition that ``app`` is what is stored: a reconcile that read a stale cached copy must
+        not put back an older history or operationState. On a conflict the status is laid over
+        the stored object instead, read afresh."""
+        name, namespace = meta.name(app), meta.namespace(app)
+        base = app
+        for attempt in range(_WRITE_ATTEMPTS):
+            body = self._status_over(base, dict(status), deployed=deployed)
+            try:
+                if body is not None:
+                    await self.api.patch(APPLICATIONS, namespace=namespace, name=name, subresource="status", body={
+                        "metadata": {"resourceVersion": (base.get("metadata") or {}).get("resourceVersion")}, "status": body})
+                break
+            except ApiError as err:
+                if is_not_found(err):
+                    return
+                if not is_conflict(err) or attempt == _WRITE_ATTEMPTS - 1:
+                    raise
+                try:
+                    base = await self.api.get(APPLICATIONS, namespace=namespace, name=name)
+                except ApiError as gone:
+                    if is_not_found(gone):
+                        return
+                    raise
+        if REFRESH_ANNOTATION in meta.annotations(app):  # done: the CLI waits for it to go, as Argo CD's
+            try:
+                await self.api.patch(APPLICATIONS, namespace=namespace, name=name,
+                                     body={"metadata": {"annotations": {REFRESH_ANNOTATION: None}}})
+            except ApiError as err:
+                if not is_not_found(err):
+                    raise
+
+    def _status_over(self, app: Obj, status: Obj, *, deployed: Obj | None) -> Obj | None:
+        """The status to patch onto ``app``'s (None: it would change nothing), with its health,
+        conditions' transition times and history worked out from ``app``; metrics set."""
         old = app.get("status") or {}
         entries = status.get("resources") if "resources" in status else old.get("resources") or []
         status["health"] = _app_health(entries) if "resources" in status else old.get("health") or \
             {"status": "Unknown"}
+        if "conditions" in status:
+            status["conditions"] = [dict(c) for c in status["conditions"]]  # (a retry starts from the caller's)
         for condition in status.get("conditions") or ():
             previous = next((c for c in old.get("conditions") or () if c.get("type") == condition["type"]), None)
             if previous is not None and previous.get("message") == condition["message"]:
                 condition["lastTransitionTime"] = previous.get("lastTransitionTime", condition["lastTransitionTime"])
+        if deployed is not None:
+            history = list(old.get("history") or ())
+            history.append({"id": (history[-1]["id"] + 1) if history else 1, **deployed})
+            status["history"] = history[-HISTORY_LIMIT:]
         name = meta.name(app)
         sync = status.get("sync") or {}
         self.metrics.set_info(app=name, sync_status=sync.get("status", "Unknown"),
                               health_status=status["health"]["status"], revision=sync.get("revision", ""))
         for verdict in ("Synced", "OutOfSync"):
             self.metrics.objects.labels(name, verdict).set(sum(1 for e in entries if e.get("status") == verdict))
-        try:
-            if {**old, **status} != old:
-                await self.api.patch(APPLICATIONS, namespace=meta.namespace(app), name=name, subresource="status",
-                                     body={"status": status})
-            if REFRESH_ANNOTATION in meta.annotations(app):  # done: the CLI waits for it to go, as Argo CD's
-                await self.api.patch(APPLICATIONS, namespace=meta.namespace(app), name=name,
-                                     body={"metadata": {"annotations": {REFRESH_ANNOTATION: None}}})
-        except ApiError as err:
-            if not is_not_found(err):
-                raise
+        return status if {**old, **status} != old else None
 
     def _event(self, app: Obj, *, type: str, reason: str, message: str) -> None:
         target = {"apiVersion": APPLICATIONS.api_version, "kind": APPLICATIONS.kind, **app}

@@ -350,12 +350,12 @@ class Iptables:
     async def _run(self, *argv: str, stdin: str = "") -> str:
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
+                *argv, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         except OSError as err:
             raise IptablesError(f"{argv[0]}: {err}") from err
         try:
-            out, err = await process.communicate(stdin.encode())
+            out, err = await process.communicate(stdin.encode() if stdin else None)
         except asyncio.CancelledError:
             # Let it finish (iptables-restore applies all of its input or none): a restore still
             # running after a cancelled sync could otherwise land after the shutdown's cleanup.

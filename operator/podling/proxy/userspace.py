@@ -30,6 +30,8 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import socket
+import struct
 import time
 from collections.abc import Iterable
 
@@ -38,6 +40,7 @@ from podling.proxy.model import Endpoint, ServicePort
 log = logging.getLogger("podling.proxy.userspace")
 
 _CONNECT_TIMEOUT = 5.0
+_EARLY_LIMIT = 65536  # bytes a client may send before its endpoint answers, before reading pauses
 _AFFINITY_PRUNE = 4096  # client entries before expired ones are swept
 
 
@@ -98,8 +101,7 @@ class _Side(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self.inbound:
@@ -137,19 +139,36 @@ class _Side(asyncio.Protocol):
 
 
 class _Client(_Side):
-    """A connection accepted on a listener: pick an endpoint, connect, then relay."""
+    """A connection accepted on a listener: pick an endpoint, connect, then relay. What the
+    client sends before the endpoint answers waits here (reading pauses past _EARLY_LIMIT)."""
 
     def __init__(self, listener: _Listener) -> None:
         super().__init__(listener.stats(), inbound=True)
         self.listener = listener
+        self.early: list[bytes] = []
+        self._early_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert self.transport is not None
-        self.transport.pause_reading()
         self.stats.connections += 1
         peer = transport.get_extra_info("peername")
         self.listener.spawn(self._connect(peer[0] if peer else ""))
+
+    def data_received(self, data: bytes) -> None:
+        if self.peer is not None:
+            super().data_received(data)
+            return
+        self.stats.bytes_in += len(data)
+        self.early.append(data)
+        self._early_size += len(data)
+        if self._early_size > _EARLY_LIMIT and self.transport is not None:
+            self.transport.pause_reading()  # resumed once the endpoint has it all
+
+    def eof_received(self) -> bool:
+        if self.peer is not None:
+            return super().eof_received()
+        self.eof = True  # passed on once the endpoint answers
+        return True
 
     async def _connect(self, client_ip: str) -> None:
         balancer = self.listener.balancer
@@ -157,24 +176,49 @@ class _Client(_Side):
         for endpoint in balancer.order(client_ip, now=time.monotonic()):
             if self.closed:
                 return
-            backend = _Side(self.stats, inbound=False)
-            backend.peer = self  # before connecting: a server may speak first (a banner)
+            backend = _Backend(self)
             try:
                 async with asyncio.timeout(_CONNECT_TIMEOUT):  # (not wait_for: that costs a task per connection)
-                    await loop.create_connection(lambda: backend, endpoint.ip, endpoint.port)
+                    transport, _ = await loop.create_connection(lambda: backend, endpoint.ip, endpoint.port)
             except (OSError, TimeoutError) as err:
                 log.debug("%s: endpoint %s did not answer: %s", balancer.port.key, endpoint, err)
                 continue
-            assert backend.transport is not None and self.transport is not None
             if self.closed:
-                backend.transport.close()
+                transport.close()
                 return
             balancer.stick(client_ip, endpoint, now=time.monotonic())
-            self.peer = backend
-            self.transport.resume_reading()
             return
         if self.transport is not None and not self.closed:
-            self.transport.abort()  # no endpoint (answered): reset, as a REJECT would refuse
+            # No endpoint (answered): reset, as iptables mode's REJECT refuses. A linger of 0
+            # makes the close an RST rather than a FIN, which the client would take for an answer.
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.transport.abort()
+
+
+class _Backend(_Side):
+    """The connection to the endpoint; once made, the client's bytes flow to it."""
+
+    def __init__(self, client: _Client) -> None:
+        super().__init__(client.stats, inbound=False)
+        self.peer = client  # from the start: a server may speak first (a banner)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Here, not after create_connection returns: event loops differ in which comes first.
+        super().connection_made(transport)
+        client = self.peer
+        assert isinstance(client, _Client) and client.transport is not None and self.transport is not None
+        if client.closed:
+            return
+        client.peer = self
+        if client.early:
+            self.transport.writelines(client.early)
+            if client._early_size > _EARLY_LIMIT:
+                client.transport.resume_reading()
+            client.early, client._early_size = [], 0
+        if client.eof and self.transport.can_write_eof():
+            self.transport.write_eof()
 
 
 class _Listener:
