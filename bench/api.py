@@ -35,6 +35,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from etcd_server import EtcdServer  # noqa: E402
+from figures import percentile  # noqa: E402
 from podling_process import PodlingProcess  # noqa: E402
 
 CLIENTS = 8
@@ -50,11 +51,6 @@ def pod(name: str) -> dict:
                                  "ports": [{"containerPort": 8080}],
                                  "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]},
     }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def ms(seconds: float) -> str:
@@ -198,14 +194,14 @@ async def run(server: PodlingProcess, *, creates: int, etcd_endpoint: str | None
         rate = await create_throughput(session, server.url, creates)
         print(f"  create pods, {CLIENTS} clients (Python aiohttp): {rate:,.0f} creates/s ({creates} pods)")
         gets = await get_latency(session, server.url, min(2000, creates))
-        print(f"  get pod: p50 {ms(pct(gets, .5))}, p99 {ms(pct(gets, .99))}")
+        print(f"  get pod: p50 {ms(percentile(gets, .5))}, p99 {ms(percentile(gets, .99))}")
         if creates >= 5000:
             lists, count = await list_time(session, server.url, 5)
             print(f"  list {count} pods: median {ms(statistics.median(lists))}, max {ms(max(lists))}")
         writes = await paced_writes(session, server.url, 200, 5)
-        print(f"  single write at 200/s: p50 {ms(pct(writes, .5))}, p99 {ms(pct(writes, .99))}")
+        print(f"  single write at 200/s: p50 {ms(percentile(writes, .5))}, p99 {ms(percentile(writes, .99))}")
         delivery = await watch_latency(session, server.url, 50)
-        print(f"  watch delivery, {WATCHERS} watchers: p50 {ms(pct(delivery, .5))}, p99 {ms(pct(delivery, .99))}"
+        print(f"  watch delivery, {WATCHERS} watchers: p50 {ms(percentile(delivery, .5))}, p99 {ms(percentile(delivery, .99))}"
               f" ({len(delivery)} deliveries)")
     if etcd_endpoint:
         raw = await raw_etcd_puts(etcd_endpoint, creates)

@@ -59,6 +59,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from figures import percentile  # noqa: E402
 from podling_process import KUBECTL, PodlingProcess  # noqa: E402
 
 Obj = dict[str, Any]
@@ -71,11 +72,6 @@ REFRESH = "podling.io/refresh"
 ROLLOUT_TIMEOUT = 180.0  # seconds one push may take to roll out
 SYNC_TIMEOUT = 900.0  # seconds one sync from empty may take
 KUBECTL_TIMEOUT = 1800.0
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def free_port() -> int:
@@ -732,11 +728,11 @@ def summary(report: dict[str, Any], args: argparse.Namespace) -> None:
     if push := report.get("push"):
         samples = push["samples"]
         print(f"  push → all {args.replicas} pods Running and Ready, old pods gone ({len(samples['done'])} pushes): "
-              f"p50 {pct(samples['done'], .5):.2f} s, p99 {pct(samples['done'], .99):.2f} s  (target p50 ≤ 2 s)")
+              f"p50 {percentile(samples['done'], .5):.2f} s, p99 {percentile(samples['done'], .99):.2f} s  (target p50 ≤ 2 s)")
         for mark in ("webhook answered", "applied", "synced", "pods created", "pods scheduled", "pods running",
                      "pods ready", "deployment complete"):
             if mark in samples:
-                print(f"    push → {mark}: p50 {pct(samples[mark], .5):.2f} s, p99 {pct(samples[mark], .99):.2f} s")
+                print(f"    push → {mark}: p50 {percentile(samples[mark], .5):.2f} s, p99 {percentile(samples[mark], .99):.2f} s")
         print(f"    first deploy (Application POST → {args.replicas} pods Ready): {push['first']:.2f} s")
         if floor := push.get("floor"):
             print(f"    raw Docker floor, {args.replicas} pause+app pairs at once: median "
@@ -749,9 +745,9 @@ def summary(report: dict[str, Any], args: argparse.Namespace) -> None:
     if resync := report.get("resync"):
         samples = resync["samples"]
         print(f"  no-op resync of {args.resync_objects} objects (sync request → operationState, "
-              f"{len(samples)} runs): p50 {pct(samples, .5):.2f} s, max {max(samples):.2f} s  (target ≤ 2 s)")
+              f"{len(samples)} runs): p50 {percentile(samples, .5):.2f} s, max {max(samples):.2f} s  (target ≤ 2 s)")
         print(f"    of which the operator's apply pass (podling_app_sync_duration_seconds): "
-              f"p50 {pct(resync['internal'], .5):.2f} s")
+              f"p50 {percentile(resync['internal'], .5):.2f} s")
         print(f"    first sync of {args.resync_objects} objects from empty: {resync['first']:.2f} s; podling up busy "
               f"{resync['settle']:.0f} s after it (controllers, drift re-checks; {resync['writes']:.0f} "
               "Application status writes)")

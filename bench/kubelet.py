@@ -33,6 +33,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from figures import percentile  # noqa: E402
 from podling_process import KubeletProcess, PodlingProcess  # noqa: E402
 
 NS = "bench"
@@ -40,11 +41,6 @@ IMAGE = "podling/busybox:1.35"
 PAUSE = "podling/pause:3.9"
 NETWORK = "podling"
 TIMEOUT = 300.0  # seconds any one phase may take
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def pod(name: str, node: str) -> dict[str, Any]:
@@ -169,17 +165,17 @@ async def main() -> None:
 
                 print(f"{'pod startup':<14} {'p50':>8} {'p99':>8}")
                 for label, values in results.items():
-                    print(f"{label:<14} {pct(values, 0.5):>7.2f}s {pct(values, 0.99):>7.2f}s")
+                    print(f"{label:<14} {percentile(values, 0.5):>7.2f}s {percentile(values, 0.99):>7.2f}s")
                 for n in (1, args.burst):
-                    p50 = pct(results[f"podling {n}"], 0.5) / pct(results[f"docker {n}"], 0.5)
-                    p99 = pct(results[f"podling {n}"], 0.99) / pct(results[f"docker {n}"], 0.99)
+                    p50 = percentile(results[f"podling {n}"], 0.5) / percentile(results[f"docker {n}"], 0.5)
+                    p99 = percentile(results[f"podling {n}"], 0.99) / percentile(results[f"docker {n}"], 0.99)
                     print(f"ratio podling/docker, {n} at once: p50 {p50:.2f}, p99 {p99:.2f}")
 
                 await asyncio.sleep(3)
                 started = time.perf_counter()
                 full = await api.start_pods([f"full-{i}" for i in range(args.full)], node)
                 elapsed = time.perf_counter() - started
-                print(f"{args.full} pods Running and Ready: {elapsed:.1f}s (p50 {pct([*full.values()], 0.5):.1f}s); "
+                print(f"{args.full} pods Running and Ready: {elapsed:.1f}s (p50 {percentile([*full.values()], 0.5):.1f}s); "
                       f"kubelet RSS {rss_mib(kubelet.pid):.0f} MiB")
                 await api.delete_all()
                 await wait_empty(api)

@@ -21,6 +21,8 @@ Invariants:
   already relayed carry on until either side ends them. Each direction's end (EOF) is passed
   on to the other side, so half-closed exchanges work.
 * Flow control is end to end: when one side cannot keep up, reading from the other pauses.
+  What a client sends before its endpoint answers is held for it (reading pauses past
+  ``_EARLY_LIMIT``), whichever order the event loop reports the two connections in.
 * Counters (connections, bytes each way per service) are plain integers read at scrape time.
 """
 
