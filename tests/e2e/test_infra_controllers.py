@@ -367,7 +367,7 @@ def test_a_lost_node_turns_unknown_is_tainted_and_its_pods_move(cluster: Cluster
     assert time.monotonic() - killed >= GRACE - 1
     ready = condition(node, "Ready")
     assert ready["reason"] == "NodeStatusUnknown" and ready["message"] == "Kubelet stopped posting node status."
-    assert api.kubectl("get", "node", lost.node_name).stdout.split("\n")[1].split()[1] in ("NotReady", "Unknown")
+    assert api.kubectl("get", "node", lost.node_name).stdout.split("\n")[1].split()[1] == "NotReady"
     def our_taints() -> set[tuple[str, str]]:
         taints = get(api, "node", lost.node_name)["spec"].get("taints", [])
         return {(t["key"], t["effect"]) for t in taints if t["key"].startswith("node.kubernetes.io/")}

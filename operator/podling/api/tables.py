@@ -145,8 +145,10 @@ def _endpoints(ep: Obj) -> str:
 
 
 def _node_status(node: Obj) -> str:
+    """kubectl's STATUS: Ready, NotReady for any other Ready status (Unknown too, as on a lost
+    node), Unknown only when there is no Ready condition at all."""
     conditions = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions") or []}
-    ready = {"True": "Ready", "False": "NotReady"}.get(conditions.get("Ready") or "", "Unknown")
+    ready = "Unknown" if "Ready" not in conditions else "Ready" if conditions["Ready"] == "True" else "NotReady"
     if (node.get("spec") or {}).get("unschedulable"):
         ready += ",SchedulingDisabled"
     return ready
