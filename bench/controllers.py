@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,21 +33,11 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess, _Process  # noqa: E402
+from podling_process import (  # noqa: E402
+    ControllerManagerProcess, KubeletProcess, PodlingProcess, SchedulerProcess, _Process)
 
 NS = "bench"
 TIMEOUT = 600.0  # seconds a run may take at most
-
-
-class SchedulerProcess(_Process):
-    """``podling scheduler`` against the server (only with ``--scheduler``)."""
-
-    def __init__(self, *, server: PodlingProcess, log_dir: Path) -> None:
-        self.log = log_dir / "scheduler.log"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "podling.cli.main", "scheduler", "--kubeconfig", str(server.kubeconfig),
-             "--metrics-listen", "127.0.0.1:0"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 
 
 def deployment(name: str, replicas: int, node: str | None) -> dict[str, Any]:
@@ -158,7 +147,7 @@ async def main() -> None:
                 processes.append(kubelet.start())
             processes.append(manager.start())
             if args.scheduler:
-                processes.append(SchedulerProcess(server=server, log_dir=root))
+                processes.append(SchedulerProcess(server=server, log_dir=root).start())
             server.kubectl("create", "namespace", NS)
             node = None if args.scheduler else kubelets[0].node_name
             async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {server.token}"}) as session:
@@ -173,10 +162,7 @@ async def main() -> None:
                     await delete(server, session, name)
         finally:
             for process in reversed(processes):
-                try:
-                    process.stop()
-                except Exception:
-                    process.kill()
+                process.shut_down()
             server.stop()
 
 

@@ -174,10 +174,7 @@ def main() -> None:
         finally:
             proxy.cleanup()
             for process in (manager, kubelet):
-                try:
-                    process.stop()
-                except Exception:
-                    process.kill()
+                process.shut_down()
             kubelet.remove_containers()
             api.stop()
 

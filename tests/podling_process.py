@@ -43,6 +43,20 @@ class _Process:
         self._proc.wait()
 
     @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def shut_down(self) -> None:
+        """For finalizers: stop it if it runs, killing it if the stop fails; a process never
+        started or already ended is left as it is."""
+        if not self.running:
+            return
+        try:
+            self.stop()
+        except Exception:
+            self.kill()
+
+    @property
     def pid(self) -> int:
         assert self._proc is not None
         return self._proc.pid

@@ -80,20 +80,12 @@ class ProxyProcess(_Process):
         """What this run of the process logged."""
         return self.log.read_bytes()[self._offset:].decode(errors="replace")
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
             return response.read().decode()
 
     def cleanup(self) -> None:
         """``podling proxy --cleanup`` for this node: stop a live process first (killing it if it hangs)."""
-        if self.running:
-            try:
-                self.stop()
-            except Exception:
-                self.kill()
+        self.shut_down()
         subprocess.run([sys.executable, "-m", "podling.cli.main", "proxy", "--cleanup", "--node-name", self.node_name],
                        capture_output=True, check=True, timeout=30)

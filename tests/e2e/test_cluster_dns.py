@@ -52,10 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(api=api, kubelet=kubelet, dns=dns)
     finally:
         for process in reversed(started):
-            try:
-                process.stop()
-            except Exception:
-                process.kill()
+            process.shut_down()
         kubelet.remove_containers()
         api.stop()
 

@@ -65,12 +65,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             assert node_rules(node) == [], "rules of the node are left after cleanup"
         finally:
             for process in reversed(started):
-                if process is proxy:
-                    continue
-                try:
-                    process.stop()
-                except Exception:
-                    process.kill()
+                if process is not proxy:
+                    process.shut_down()
             kubelet.remove_containers()
             api.stop()
 

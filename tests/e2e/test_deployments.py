@@ -54,10 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(api=api, kubelet=kubelet)
     finally:
         for process in (manager, kubelet):
-            try:
-                process.stop()
-            except Exception:
-                process.kill()
+            process.shut_down()
         kubelet.remove_containers()
         api.stop()
 

@@ -60,10 +60,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield Cluster(api=api, docker=docker, lost=lost, spare=spare)
     finally:
         for process in reversed(started):
-            try:
-                process.stop()
-            except Exception:
-                process.kill()
+            process.shut_down()
         docker.remove_containers()
         api.stop()
 

@@ -153,12 +153,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             assert node_rules(cluster.node) == [], "rules of the node are left after cleanup"
         finally:
             for process in (cluster.dns, manager, kubelet):
-                if process._proc is None:
-                    continue
-                try:
-                    process.stop()
-                except Exception:
-                    process.kill()
+                process.shut_down()
             kubelet.remove_containers()
             api.stop()
 
@@ -371,7 +366,7 @@ def test_up_runs_the_proxy_and_removes_its_rules_on_shutdown(tmp_path: Path) -> 
         server.stop()
         assert node_rules(node) == []
     finally:
-        if server._proc is not None and server._proc.poll() is None:
+        if server.running:
             server.kill()
         subprocess.run([sys.executable, "-m", "podling.cli.main", "proxy", "--cleanup", "--node-name", node],
                        capture_output=True, check=True, timeout=30)

@@ -159,7 +159,7 @@ def render(ports: Iterable[ServicePort], settings: Settings) -> Ruleset:
     nat.add(postrouting, f"-m mark ! --mark {s.mark} -j RETURN")
     nat.add(postrouting, f"-j MARK --xor-mark {s.masquerade_mark:#x}")  # clear it: a packet is masqueraded once
     nat.add(postrouting, f"{_comment('podling service traffic requiring SNAT')} -j MASQUERADE --random-fully")
-    rejected = f"-j REJECT --reject-with icmp-port-unreachable"
+    rejected = "-j REJECT --reject-with icmp-port-unreachable"
     for port in sorted(ports, key=lambda p: p.key):
         external = [(ip, port.port) for ip in port.load_balancer_ips]
         if not port.endpoints:
