@@ -422,10 +422,11 @@ class GitOpsOperator:
         base = app
         for attempt in range(_WRITE_ATTEMPTS):
             body = self._status_over(base, dict(status), deployed=deployed)
+            read_at = (base.get("metadata") or {}).get("resourceVersion")
             try:
                 if body is not None:
-                    await self.api.patch(APPLICATIONS, namespace=namespace, name=name, subresource="status", body={
-                        "metadata": {"resourceVersion": (base.get("metadata") or {}).get("resourceVersion")}, "status": body})
+                    await self.api.patch(APPLICATIONS, namespace=namespace, name=name, subresource="status",
+                                         body={"metadata": {"resourceVersion": read_at}, "status": body})
                 break
             except ApiError as err:
                 if is_not_found(err):

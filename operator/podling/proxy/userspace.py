@@ -147,7 +147,7 @@ class _Client(_Side):
     def __init__(self, listener: _Listener) -> None:
         super().__init__(listener.stats(), inbound=True)
         self.listener = listener
-        self.early: list[bytes] = []
+        self._early: list[bytes] = []
         self._early_size = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -161,16 +161,28 @@ class _Client(_Side):
             super().data_received(data)
             return
         self.stats.bytes_in += len(data)
-        self.early.append(data)
+        self._early.append(data)
         self._early_size += len(data)
         if self._early_size > _EARLY_LIMIT and self.transport is not None:
-            self.transport.pause_reading()  # resumed once the endpoint has it all
+            self.transport.pause_reading()  # resumed by join()
 
     def eof_received(self) -> bool:
         if self.peer is not None:
             return super().eof_received()
-        self.eof = True  # passed on once the endpoint answers
+        self.eof = True  # passed on by join()
         return True
+
+    def join(self, backend: _Backend) -> None:
+        """The endpoint answered: hand it what waited, then relay both ways."""
+        assert self.transport is not None and backend.transport is not None
+        self.peer = backend
+        if self._early:
+            backend.transport.writelines(self._early)
+            if self._early_size > _EARLY_LIMIT:
+                self.transport.resume_reading()
+            self._early, self._early_size = [], 0
+        if self.eof and backend.transport.can_write_eof():
+            backend.transport.write_eof()
 
     async def _connect(self, client_ip: str) -> None:
         balancer = self.listener.balancer
@@ -209,18 +221,9 @@ class _Backend(_Side):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Here, not after create_connection returns: event loops differ in which comes first.
         super().connection_made(transport)
-        client = self.peer
-        assert isinstance(client, _Client) and client.transport is not None and self.transport is not None
-        if client.closed:
-            return
-        client.peer = self
-        if client.early:
-            self.transport.writelines(client.early)
-            if client._early_size > _EARLY_LIMIT:
-                client.transport.resume_reading()
-            client.early, client._early_size = [], 0
-        if client.eof and self.transport.can_write_eof():
-            self.transport.write_eof()
+        assert isinstance(self.peer, _Client)
+        if not self.peer.closed:
+            self.peer.join(self)
 
 
 class _Listener:
