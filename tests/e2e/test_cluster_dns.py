@@ -18,7 +18,7 @@ import pytest
 from dnslib import QTYPE, RCODE
 
 from dns_process import DNSProcess
-from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess, _Process
+from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess
 from waiting import wait_for
 
 NS = "dns-e2e"
@@ -43,15 +43,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     manager = ControllerManagerProcess(server=api, log_dir=tmp_path_factory.mktemp("controller-manager"),
                                        args=("--controllers", "endpoints"))
     dns = DNSProcess(server=api, log_dir=tmp_path_factory.mktemp("dns"))
-    started: list[_Process] = []
     try:
         for process in (kubelet, manager, dns):
             process.start()
-            started.append(process)
         api.kubectl("create", "namespace", NS)
         yield Cluster(api=api, kubelet=kubelet, dns=dns)
     finally:
-        for process in reversed(started):
+        for process in (dns, manager, kubelet):
             process.shut_down()
         kubelet.remove_containers()
         api.stop()

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from dns_process import DNSProcess
-from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess, _Process
+from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess
 from proxy_process import ProxyProcess, node_rules
 from waiting import wait_for
 
@@ -45,11 +45,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                                        args=("--controllers=endpoints",))
     proxy = ProxyProcess(server=api, node_name=node, log_dir=root / "proxy")
     dns = DNSProcess(server=api, log_dir=root / "dns", host="10.88.0.1", args=("--cluster-dns", dns_ip))
-    started: list[_Process] = []
     try:
         for process in (kubelet, manager, proxy):
             process.start()
-            started.append(process)
         api.kubectl("create", "namespace", NS)
         api.kubectl("run", "client", "-n", NS, f"--image={IMAGE}", "--restart=Never",
                     f"--overrides={{\"spec\": {{\"nodeName\": \"{node}\", \"terminationGracePeriodSeconds\": 0}}}}",
@@ -57,16 +55,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         wait_for(lambda: api.kubectl_json("get", "pod", "client", "-n", NS)["status"].get("phase") == "Running",
                  timeout=60, what="the client pod to run (and so the pod network, with its gateway, to exist)")
         dns.start()
-        started.append(dns)
         yield Cluster(api=api, dns=dns, dns_ip=dns_ip)
     finally:
         try:
             proxy.cleanup()
             assert node_rules(node) == [], "rules of the node are left after cleanup"
         finally:
-            for process in reversed(started):
-                if process is not proxy:
-                    process.shut_down()
+            for process in (dns, manager, kubelet):
+                process.shut_down()
             kubelet.remove_containers()
             api.stop()
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess, SchedulerProcess, _Process
+from podling_process import ControllerManagerProcess, KubeletProcess, PodlingProcess, SchedulerProcess
 from waiting import wait_for
 
 IMAGE = "podling/busybox:1.35"
@@ -52,14 +52,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         "--node-monitor-period", "1", "--node-monitor-grace-period", str(GRACE),
         "--node-startup-grace-period", str(GRACE)))
     scheduler = SchedulerProcess(server=api, log_dir=tmp_path_factory.mktemp("scheduler"))
-    started: list[_Process] = []
+    processes = (docker, lost, spare, manager, scheduler)
     try:
-        for process in (docker, lost, spare, manager, scheduler):
+        for process in processes:
             process.start()
-            started.append(process)
         yield Cluster(api=api, docker=docker, lost=lost, spare=spare)
     finally:
-        for process in reversed(started):
+        for process in reversed(processes):
             process.shut_down()
         docker.remove_containers()
         api.stop()
